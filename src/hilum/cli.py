@@ -1,0 +1,296 @@
+"""The ``hilum`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from rich.console import Console
+from rich.table import Table
+
+from hilum.config import ConfigError, RemoteAE, Settings, load_settings
+from hilum.domain.errors import HilumError
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--data-dir", type=Path, help="data directory (index + storage)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hilum", description="Hilum PACS")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the DICOM (and HTTP) server")
+    _common(serve)
+    serve.add_argument("--ae-title", help="this server's AE title")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8042)")
+    serve.add_argument("--host", help="address to listen on (DICOM and HTTP)")
+    serve.add_argument("--workers", type=int, help="DICOM receiving processes (0 = per core)")
+
+    ae = sub.add_parser("ae", help="manage known remote AEs")
+    ae_sub = ae.add_subparsers(dest="ae_command", required=True)
+    ae_add = ae_sub.add_parser("add", help="add a remote AE")
+    _common(ae_add)
+    ae_add.add_argument("name")
+    ae_add.add_argument("ae_title")
+    ae_add.add_argument("host")
+    ae_add.add_argument("port", type=int)
+    ae_add.add_argument("--description", default="")
+    ae_list = ae_sub.add_parser("list", help="list remote AEs")
+    _common(ae_list)
+    ae_rm = ae_sub.add_parser("remove", help="remove a remote AE")
+    _common(ae_rm)
+    ae_rm.add_argument("name")
+
+    imp = sub.add_parser("import", help="import files, folders, zip files, DICOMDIR media")
+    _common(imp)
+    imp.add_argument("paths", nargs="+", type=Path)
+    imp.add_argument("--threads", type=int, default=4)
+
+    remote_help = "a known remote AE name, or AET@host:port"
+    echo = sub.add_parser("echo", help="C-ECHO a remote AE")
+    _common(echo)
+    echo.add_argument("remote", help=remote_help)
+
+    store = sub.add_parser("store", help="C-STORE files to a remote AE")
+    _common(store)
+    store.add_argument("remote", help=remote_help)
+    store.add_argument("paths", nargs="+", type=Path)
+
+    for name, helptext in (("find", "C-FIND"), ("move", "C-MOVE"), ("get", "C-GET")):
+        p = sub.add_parser(name, help=f"{helptext} against a remote AE")
+        _common(p)
+        p.add_argument("remote", help=remote_help)
+        if name == "move":
+            p.add_argument("destination", help="AE title to move to")
+        p.add_argument("-L", "--level", default="STUDY",
+                       choices=["PATIENT", "STUDY", "SERIES", "IMAGE"])
+        p.add_argument("--root", default="STUDY", choices=["STUDY", "PATIENT"],
+                       help="query/retrieve information model")
+        p.add_argument("-k", "--key", action="append", default=[], metavar="Keyword=Value",
+                       help="matching/return key, e.g. -k PatientID=123 -k StudyDate=2024-")
+        if name == "get":
+            p.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
+    return parser
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = args.data_dir
+    return load_settings(args.config, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error[/red]: {exc}")
+        return 2
+    except HilumError as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "serve":
+        return _serve(args)
+    if command == "ae":
+        return _ae(args)
+    if command == "import":
+        return _import(args)
+    return _scu(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hilum.app import prepare
+    from hilum.dimse.server import DimseServer
+    from hilum.logging import configure_logging
+
+    settings = _settings(
+        args,
+        dicom={"ae_title": args.ae_title, "port": args.dicom_port, "host": args.host,
+               "workers": args.workers},
+        http={"port": args.http_port, "host": args.host},
+    )
+    configure_logging(settings.log_level)
+    prepare(settings)
+    dimse = DimseServer(settings)
+    dimse.start()
+    console.print(
+        f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port} "
+        f"({settings.dicom_workers()} receiving processes), data in {settings.data_dir.resolve()}"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        dimse.supervise(stop)
+    finally:
+        dimse.stop()
+    return 0
+
+
+def _ae(args: argparse.Namespace) -> int:
+    from hilum.app import prepare
+    from hilum.index.database import make_engine
+    from hilum.index.nodes import RemoteNodes
+
+    settings = _settings(args)
+    prepare(settings)
+    engine = make_engine(settings.index_url, pool_size=1)
+    nodes = RemoteNodes(engine)
+    try:
+        if args.ae_command == "add":
+            try:
+                node = RemoteAE(name=args.name, ae_title=args.ae_title, host=args.host,
+                                port=args.port, description=args.description)
+            except ValueError as exc:
+                raise HilumError(str(exc).splitlines()[-1] if str(exc) else "invalid AE") from None
+            nodes.add(node)
+            console.print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}")
+        elif args.ae_command == "remove":
+            nodes.remove(args.name)
+            console.print(f"removed {args.name}")
+        else:
+            table = Table("name", "AE title", "host", "port", "description")
+            for node in nodes.all():
+                table.add_row(node.name, node.ae_title, node.host, str(node.port), node.description)
+            console.print(table)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from hilum.app import build_services, prepare
+    from hilum.ingest.importer import Importer
+
+    settings = _settings(args)
+    prepare(settings)
+    services = build_services(settings)
+    started = time.monotonic()
+    done = {"n": 0, "bytes": 0}
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("import", total=None, rate="")
+
+            def on_item(_item: Any, _outcome: str, size: int) -> None:
+                done["n"] += 1
+                done["bytes"] += size
+                elapsed = max(time.monotonic() - started, 1e-6)
+                progress.update(
+                    task, advance=1,
+                    rate=f"{done['n'] / elapsed:.0f} files/s {done['bytes'] / elapsed / 1e6:.1f} MB/s",
+                )
+
+            summary = Importer(services.ingest, threads=args.threads).run(
+                args.paths, on_item=on_item
+            )
+    finally:
+        services.close()
+    elapsed = time.monotonic() - started
+    console.print(
+        f"accepted {summary.accepted}, already stored {summary.already_stored}, "
+        f"rejected {len(summary.rejected)} in {elapsed:.1f} s"
+    )
+    for label, reason in summary.rejected:
+        console.print(f"  rejected {label}: {reason}", markup=False, highlight=False)
+    return 1 if summary.rejected and not (summary.accepted or summary.already_stored) else 0
+
+
+def _identifier(level: str, keys: list[str]) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for item in keys:
+        keyword, _, value = item.partition("=")
+        keyword = keyword.strip()
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise HilumError(f"unknown DICOM keyword {keyword!r} in -k {item!r}")
+        ds.add_new(tag, dictionary_VR(tag), value or None)
+    return ds
+
+
+def _scu(args: argparse.Namespace) -> int:
+    from hilum.dimse.scu import Scu, parse_address
+    from hilum.index.database import make_engine
+    from hilum.index.nodes import RemoteNodes
+
+    settings = _settings(args)
+    remote = parse_address(args.remote)
+    if remote is None:
+        from hilum.app import prepare
+
+        prepare(settings)
+        engine = make_engine(settings.index_url, pool_size=1)
+        try:
+            remote = RemoteNodes(engine).resolve(args.remote)
+        finally:
+            engine.dispose()
+    scu = Scu(settings.dicom.ae_title)
+    if args.command == "echo":
+        status = scu.echo(remote)
+        console.print(f"C-ECHO {remote.ae_title}@{remote.host}:{remote.port}: status 0x{status:04X}")
+        return 0 if status == 0 else 1
+    if args.command == "store":
+        files = [p for root in args.paths for p in ([root] if root.is_file() else sorted(root.rglob("*"))) if p.is_file()]
+        report = scu.store(remote, files)
+        console.print(f"sent {report.sent} file(s), {report.bytes / 1e6:.1f} MB; failed {len(report.failed)}")
+        for path, reason in report.failed:
+            console.print(f"  failed {path}: {reason}", markup=False, highlight=False)
+        return 1 if report.failed else 0
+    identifier = _identifier(args.level, args.key)
+    if args.command == "find":
+        keys = [k.partition("=")[0] for k in args.key]
+        table = Table(*keys) if keys else Table("result")
+        count = 0
+        for result in scu.find(remote, identifier, root=args.root):
+            count += 1
+            table.add_row(*[str(result.get(k, "") or "") for k in keys] if keys else [str(result)])
+        console.print(table)
+        console.print(f"{count} match(es)")
+        return 0
+    if args.command == "move":
+        status = scu.move(remote, args.destination, identifier, root=args.root)
+    else:
+        status = scu.get(remote, identifier, args.output, root=args.root)
+    code = int(status.Status)
+    console.print(
+        f"status 0x{code:04X}: completed {status.get('NumberOfCompletedSuboperations', 0)}, "
+        f"failed {status.get('NumberOfFailedSuboperations', 0)}, "
+        f"warning {status.get('NumberOfWarningSuboperations', 0)}"
+    )
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Typed settings: one TOML file plus ``HILUM_*`` environment overrides.
+
+Build once with :func:`load_settings` and pass the object down; nothing in
+Hilum imports a module-level settings instance.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE VR, no backslash
+
+
+def validate_ae_title(value: str) -> str:
+    """Return a stripped AE title or raise ``ValueError`` (PS3.5 6.2, VR AE)."""
+    title = value.strip()
+    if not title or not _AE_TITLE.match(title):
+        raise ValueError(
+            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)"
+        )
+    return title
+
+
+class DuplicatePolicy(StrEnum):
+    """What ingest does with an instance whose SOP Instance UID is already stored."""
+
+    IGNORE = "ignore"  # keep the stored copy, answer success
+    REPLACE = "replace"  # store the new copy, drop the old one
+    REJECT = "reject"  # refuse the new copy with a DIMSE failure / HTTP 409
+
+
+class RemoteAE(BaseModel):
+    """A remote DICOM node Hilum may send to (C-MOVE destination, SCU target)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    description: str = ""
+
+    _check_aet = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
+
+
+class DicomSettings(BaseModel):
+    ae_title: str = "HILUM"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=0, le=65535)
+    # Receiving processes. Each one runs its own pynetdicom server on the same
+    # port (SO_REUSEPORT); 0 means one per CPU core.
+    workers: int = Field(default=0, ge=0, le=64)
+    max_pdu_length: int = Field(default=262144, ge=0)
+    check_called_ae_title: bool = True
+    # Empty list: any calling AE title may associate. Otherwise only these.
+    allowed_calling_ae_titles: list[str] = Field(default_factory=list)
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.IGNORE
+    acse_timeout: float = Field(default=30, gt=0)
+    dimse_timeout: float = Field(default=60, gt=0)
+    network_timeout: float = Field(default=120, gt=0)
+    max_associations: int = Field(default=32, ge=1)
+
+    _check_aet = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _check_allowed(cls, value: list[str]) -> list[str]:
+        return [validate_ae_title(v) for v in value]
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8042, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """All of Hilum's settings. Keys are documented in ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HILUM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("hilum-data")
+    # SQLAlchemy URL of the index; empty = SQLite file inside data_dir.
+    database_url: str = ""
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    remote_aes: list[RemoteAE] = Field(default_factory=list)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    # Set by load_settings() from --config; not a key of its own.
+    config_file: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence, highest first: command line, environment, TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def index_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    def dicom_workers(self) -> int:
+        return self.dicom.workers or max(1, os.cpu_count() or 1)
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message that names the offending key."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from (lowest first) the TOML file, environment, then ``overrides``.
+
+    ``overrides`` use nested dicts for sections, e.g. ``dicom={"port": 104}``.
+    Raises :class:`ConfigError` naming the key on any invalid value.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    try:
+        settings: Settings = _FromFile(**_drop_none(overrides))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file)) from None
+    except ValueError as exc:  # e.g. a TOML syntax error
+        raise ConfigError(f"cannot read {config_file}: {exc}") from None
+    settings.config_file = config_file
+    return settings
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    where = f" in {config_file}" if config_file else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message} (got {error.get('input')!r})")
+    return "\n".join(lines)

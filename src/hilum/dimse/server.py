@@ -1,0 +1,177 @@
+"""The DIMSE server: N receiving processes on one port (SO_REUSEPORT).
+
+Each worker process runs its own pynetdicom acceptor with its own index
+writer (group commit) so C-STORE throughput scales past one core and the
+GIL. Associations run in threads inside each worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from hilum.app import Services, build_services
+from hilum.config import Settings
+from hilum.dimse.handlers import DimseHandlers
+from hilum.dimse.tuning import apply_pynetdicom_tuning
+
+LOG = logging.getLogger(__name__)
+
+QUERY_RETRIEVE_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded acceptor, bindable by several processes at once."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def build_ae(services: Services) -> AE:
+    dicom = services.settings.dicom
+    ae = AE(ae_title=dicom.ae_title)
+    ae.maximum_pdu_size = dicom.max_pdu_length
+    ae.acse_timeout = dicom.acse_timeout
+    ae.dimse_timeout = dicom.dimse_timeout
+    ae.network_timeout = dicom.network_timeout
+    ae.maximum_associations = dicom.max_associations
+    ae.require_called_aet = dicom.check_called_ae_title
+    if dicom.allowed_calling_ae_titles:
+        ae.require_calling_aet = list(dicom.allowed_calling_ae_titles)
+    ae.add_supported_context(Verification)
+    # Storage: every standard SOP class, every transfer syntax, stored as received.
+    # scu_role/scp_role so C-GET requestors can take the SCP role (PS3.7 D.3.3.4).
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(
+            cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
+    for model in QUERY_RETRIEVE_MODELS:
+        ae.add_supported_context(model)
+    ae.add_supported_context(StorageCommitmentPushModel)
+    return ae
+
+
+def configure_receiving(services: Services) -> None:
+    """Received C-STORE data sets go straight to a file in the staging area."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(services.storage.staging_dir())
+    apply_pynetdicom_tuning()
+
+
+def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None) -> None:
+    """Entry point of one receiving process."""
+    settings = Settings(**settings_data)
+    from hilum.logging import configure_logging
+
+    configure_logging(settings.log_level, prefix=f"dimse-{index}")
+    services = build_services(settings)
+    configure_receiving(services)
+    ae = build_ae(services)
+    handlers = DimseHandlers(services)
+    address = (settings.dicom.host, settings.dicom.port)
+    server = ae.make_server(
+        address, evt_handlers=handlers.bindings(), server_class=ReusePortServer
+    )
+    stop = threading.Event()
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
+    thread.start()
+    LOG.debug("worker %d listening on %s", index, address)
+    if ready is not None:
+        ready.set()
+    stop.wait()
+    server.shutdown()
+    services.close()
+
+
+class DimseServer:
+    """Supervises the receiving processes; restarts one that dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[Any] = []
+        self._stopping = False
+
+    def start(self, timeout: float = 60) -> None:
+        data = self.settings.model_dump(mode="json")
+        count = self.settings.dicom_workers()
+        events = []
+        for index in range(count):
+            ready = self._ctx.Event()
+            proc = self._ctx.Process(
+                target=run_worker, args=(data, index, ready), name=f"hilum-dimse-{index}"
+            )
+            proc.start()
+            self._procs.append(proc)
+            events.append(ready)
+        deadline = time.monotonic() + timeout
+        for proc, ready in zip(self._procs, events, strict=True):
+            while not ready.wait(0.2):
+                if not proc.is_alive():
+                    self.stop()
+                    raise RuntimeError(
+                        f"DIMSE worker failed to start (port {self.settings.dicom.port} in use?)"
+                    )
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("DIMSE workers did not start in time")
+
+    def supervise(self, stop: threading.Event) -> None:
+        data = self.settings.model_dump(mode="json")
+        while not stop.wait(1.0):
+            for i, proc in enumerate(self._procs):
+                if not proc.is_alive() and not self._stopping:
+                    LOG.error("DIMSE worker %d exited (%s); restarting", i, proc.exitcode)
+                    new = self._ctx.Process(
+                        target=run_worker, args=(data, i, None), name=f"hilum-dimse-{i}"
+                    )
+                    new.start()
+                    self._procs[i] = new
+
+    def stop(self) -> None:
+        self._stopping = True
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self._procs:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGKILL)
+        self._procs.clear()

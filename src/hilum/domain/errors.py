@@ -1,0 +1,66 @@
+"""Outcomes of the one write path, mapped once to DIMSE and HTTP.
+
+Every source of instances (C-STORE, STOW-RS, import, forwarding) gets the
+same :class:`IngestStatus`; protocol adapters only translate it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class IngestStatus(Enum):
+    # value: (DIMSE status (PS3.4 B.2.3 / PS3.7 C), HTTP status, short reason)
+    STORED = (0x0000, 200, "stored")
+    ALREADY_STORED = (0x0000, 200, "already stored")
+    REPLACED = (0x0000, 200, "replaced")
+    # Warning: stored, but the Affected SOP Instance UID of the request and
+    # the dataset disagreed (PS3.4 B.2.3: coercion of data elements).
+    STORED_WITH_WARNING = (0xB000, 202, "stored with warning")
+    DUPLICATE_REJECTED = (0xA900, 409, "a different instance with this SOP Instance UID is stored")
+    MISSING_ATTRIBUTE = (0xA900, 400, "data set does not match SOP class")
+    NOT_DICOM = (0xC000, 400, "cannot understand")
+    CANNOT_UNDERSTAND = (0xC000, 400, "cannot understand")
+    SOP_CLASS_NOT_SUPPORTED = (0x0122, 415, "SOP class not supported")
+    OUT_OF_RESOURCES = (0xA700, 507, "out of resources")
+    PROCESSING_FAILURE = (0x0110, 500, "processing failure")
+
+    @property
+    def dimse_status(self) -> int:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+    @property
+    def reason(self) -> str:
+        return self.value[2]
+
+    @property
+    def ok(self) -> bool:
+        return self.dimse_status in (0x0000, 0xB000)
+
+
+class HilumError(Exception):
+    """Base class of Hilum's own errors."""
+
+
+class IngestFailure(HilumError):
+    """An instance was refused; nothing was written."""
+
+    def __init__(self, status: IngestStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status.reason}: {self.message}"
+
+
+class NotFound(HilumError):
+    pass
+
+
+class InvalidQuery(HilumError):
+    """A query identifier / parameter that cannot be matched as asked."""

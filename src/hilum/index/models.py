@@ -1,0 +1,181 @@
+"""SQLAlchemy models of the index: the patient -> study -> series -> instance tree.
+
+Column names come from :mod:`hilum.domain.attributes`; only the bookkeeping
+columns (keys, counters, storage attachment, timestamps) are named here. The
+index never holds pixel data: an instance row points at its file in the
+storage area by ``storage_key`` and records its size and SHA-256.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hilum.domain.attributes import STORED, Level
+
+# BIGINT on PostgreSQL, INTEGER (= rowid alias, autoincrement) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _columns_mixin(level: Level, *explicit: str) -> type:
+    """A declarative mixin with one column per stored attribute of ``level``.
+
+    Columns named in ``explicit`` are declared by hand on the model (to add an
+    index or a tighter type) and are skipped here.
+    """
+    namespace: dict[str, object] = {}
+    annotations: dict[str, object] = {}
+    for attr in STORED[level]:
+        if attr.column in explicit:
+            continue
+        if attr.vr in ("IS", "US"):
+            namespace[attr.column] = mapped_column(Integer, nullable=True)
+            annotations[attr.column] = Mapped[int | None]
+        else:
+            kind = String(64) if attr.vr == "UI" else String(8) if attr.vr == "DA" else Text
+            namespace[attr.column] = mapped_column(kind, nullable=True)
+            annotations[attr.column] = Mapped[str | None]
+    namespace["__annotations__"] = annotations
+    return type(f"_{level.value.title()}Columns", (), namespace)
+
+
+class Patient(_columns_mixin(Level.PATIENT, "patient_id", "patient_name"), Base):  # type: ignore[misc]
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # PatientID + IssuerOfPatientID, or a synthetic key when PatientID is empty.
+    patient_key: Mapped[str] = mapped_column(Text, unique=True)
+    patient_id: Mapped[str] = mapped_column(Text, index=True, default="")
+    patient_name: Mapped[str | None] = mapped_column(Text)
+    patient_name_key: Mapped[str | None] = mapped_column(Text, index=True)
+    num_studies: Mapped[int] = mapped_column(Integer, default=0)
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Study(_columns_mixin(Level.STUDY, "study_instance_uid", "study_date", "accession_number"), Base):  # type: ignore[misc]
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    accession_number: Mapped[str | None] = mapped_column(Text, index=True)
+    referring_physician_name_key: Mapped[str | None] = mapped_column(Text)
+    modalities_in_study: Mapped[str] = mapped_column(Text, default="")
+    sop_classes_in_study: Mapped[str] = mapped_column(Text, default="")
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Series(_columns_mixin(Level.SERIES, "series_instance_uid", "modality"), Base):  # type: ignore[misc]
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str | None] = mapped_column(Text, index=True)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Instance(_columns_mixin(Level.IMAGE, "sop_instance_uid", "sop_class_uid"), Base):  # type: ignore[misc]
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    # The attachment in the storage area.
+    storage_key: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Where it came from: "dimse:<calling AE>@<host>", "stow", "import", ...
+    source: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PatientConflict(Base):
+    """An instance whose patient attributes disagree with the stored patient (for QC)."""
+
+    __tablename__ = "patient_conflicts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    attribute: Mapped[str] = mapped_column(Text)
+    stored_value: Mapped[str] = mapped_column(Text)
+    received_value: Mapped[str] = mapped_column(Text)
+    resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Change(Base):
+    """The change feed: one row per stored / replaced / deleted resource, in order."""
+
+    __tablename__ = "changes"
+    # Never reuse a sequence number, even after the newest row is deleted.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # stored | replaced | deleted
+    level: Mapped[str] = mapped_column(String(8))
+    resource_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RemoteNode(Base):
+    """A known remote AE (C-MOVE destination, SCU target)."""
+
+    __tablename__ = "remote_aes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(Text)
+    port: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CommitmentRequest(Base):
+    """A Storage Commitment transaction (PS3.4 J), kept until its report is delivered."""
+
+    __tablename__ = "commitment_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
+Index("ix_patients_birth_date", Patient.__table__.c.patient_birth_date)
+Index("ix_series_study_modality", Series.study_pk, Series.modality)
+Index("ix_instances_series_number", Instance.series_pk, Instance.__table__.c.instance_number)

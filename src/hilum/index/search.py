@@ -1,0 +1,187 @@
+"""Query -> SQL. The one translation used by C-FIND and QIDO-RS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    exists,
+    false,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import ColumnClause
+
+from hilum.domain.attributes import BY_KEYWORD, INTEGER_VRS, IndexedAttribute, Level
+from hilum.domain.errors import InvalidQuery
+from hilum.domain.query import Constraint, MatchKind, Query
+from hilum.index.models import Instance, Patient, Series, Study
+
+P = Patient.__table__
+S = Study.__table__
+SE = Series.__table__
+I = Instance.__table__  # noqa: E741
+
+TABLE = {Level.PATIENT: P, Level.STUDY: S, Level.SERIES: SE, Level.IMAGE: I}
+# Match person names on the folded key columns where the index has one.
+PN_KEY_COLUMN = {
+    "PatientName": P.c.patient_name_key,
+    "ReferringPhysicianName": S.c.referring_physician_name_key,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One matching entity: its primary key and the values of every indexed keyword."""
+
+    pk: int
+    values: dict[str, Any]
+
+
+def _column(attr: IndexedAttribute) -> ColumnClause[Any]:
+    return TABLE[attr.level].c[attr.column]
+
+
+def build_select(query: Query) -> Select[Any]:
+    level = query.level
+    base = TABLE[level]
+    columns: list[Any] = [base.c.id.label("_pk")]
+    joined = base
+    if level.depth >= Level.SERIES.depth and level is Level.IMAGE:
+        joined = joined.join(SE, I.c.series_pk == SE.c.id)
+    if level.depth >= Level.STUDY.depth and level is not Level.STUDY:
+        joined = joined.join(S, SE.c.study_pk == S.c.id)
+    if level.depth >= Level.STUDY.depth:
+        joined = joined.join(P, S.c.patient_pk == P.c.id)
+
+    for attr in BY_KEYWORD.values():
+        if attr.level.depth <= level.depth:
+            columns.append(_column(attr).label(attr.keyword))
+    stmt = select(*columns).select_from(joined)
+    conditions = [_condition(c, level) for c in query.constrained()]
+    if conditions:
+        stmt = stmt.where(and_(*conditions))
+    stmt = stmt.order_by(base.c.id)
+    if query.offset:
+        stmt = stmt.offset(query.offset)
+    if query.limit is not None:
+        stmt = stmt.limit(query.limit)
+    return stmt
+
+
+def _condition(constraint: Constraint, level: Level) -> ColumnElement[bool]:
+    attr = BY_KEYWORD.get(constraint.keyword)
+    if attr is None:
+        raise InvalidQuery(f"{constraint.keyword} is not a searchable attribute")
+    if attr.level.depth > level.depth:
+        # PS3.4 C.4.1.2.1: keys below the query level are not matched.
+        return true()
+    if attr.keyword == "ModalitiesInStudy":
+        return _in_study(SE.c.modality, constraint)
+    if attr.keyword == "SOPClassesInStudy":
+        return _in_study(I.c.sop_class_uid, constraint, via_instances=True)
+    column: Any = PN_KEY_COLUMN.get(attr.keyword, _column(attr))
+    return _match(column, constraint)
+
+
+def _in_study(column: Any, constraint: Constraint, via_instances: bool = False) -> Any:
+    """ModalitiesInStudy / SOPClassesInStudy: any series (instance) of the study matches."""
+    inner = select(1).select_from(SE)
+    if via_instances:
+        inner = inner.join(I, I.c.series_pk == SE.c.id)
+    inner = inner.where(SE.c.study_pk == S.c.id, _match(column, constraint))
+    return exists(inner)
+
+
+def _match(column: Any, constraint: Constraint) -> ColumnElement[bool]:
+    kind = constraint.kind
+    is_int = constraint.vr in INTEGER_VRS
+    values: list[Any] = [int(v) for v in constraint.values] if is_int else list(constraint.values)
+    if kind is MatchKind.SINGLE:
+        return column == values[0]  # type: ignore[no-any-return]
+    if kind is MatchKind.LIST:
+        conditions = []
+        plain = [v for v in values if not (isinstance(v, str) and ("*" in v or "?" in v))]
+        if plain:
+            conditions.append(column.in_(plain))
+        for pattern in (v for v in values if v not in plain):
+            conditions.append(column.like(_like(pattern), escape="\\"))
+        return or_(*conditions) if conditions else false()
+    if kind is MatchKind.WILDCARD:
+        return column.like(_like(values[0]), escape="\\")  # type: ignore[no-any-return]
+    if kind is MatchKind.RANGE:
+        parts = []
+        if constraint.low is not None:
+            parts.append(column >= constraint.low)
+        if constraint.high is not None:
+            parts.append(column <= constraint.high)
+        return and_(*parts)
+    return true()
+
+
+def _like(pattern: str) -> str:
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def search(conn: Connection, query: Query, *, yield_per: int = 500) -> Iterator[Hit]:
+    """Stream the hits of ``query`` in stable (primary key) order."""
+    stmt = build_select(query)
+    result = conn.execution_options(yield_per=yield_per).execute(stmt)
+    for row in result.mappings():
+        values = dict(row)
+        pk = values.pop("_pk")
+        yield Hit(pk=pk, values=values)
+
+
+def count(engine: Engine, query: Query) -> int:
+    from sqlalchemy import func
+
+    stmt = build_select(Query(level=query.level, constraints=query.constraints))
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size_bytes: int
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
+    """Every stored instance under the entities ``query`` matches (C-MOVE, C-GET, export)."""
+    constraints = [
+        c for c in query.constrained()
+        if (attr := BY_KEYWORD.get(c.keyword)) is not None and attr.level.depth <= query.level.depth
+    ]
+    if not constraints:
+        raise InvalidQuery("a retrieve needs at least one matching key")
+    stmt = (
+        select(
+            I.c.sop_instance_uid,
+            I.c.sop_class_uid,
+            I.c.transfer_syntax_uid,
+            I.c.storage_key,
+            I.c.size_bytes,
+            S.c.study_instance_uid,
+            SE.c.series_instance_uid,
+        )
+        .select_from(I.join(SE, I.c.series_pk == SE.c.id).join(S, SE.c.study_pk == S.c.id).join(
+            P, S.c.patient_pk == P.c.id))
+        .where(and_(true(), *(_condition(c, Level.IMAGE) for c in constraints)))
+        .order_by(S.c.id, SE.c.series_number, SE.c.id, I.c.instance_number, I.c.id)
+    )
+    return [StoredInstance(*row) for row in conn.execute(stmt)]

@@ -1,0 +1,192 @@
+"""Ingest: the one write path for instances, whatever their origin.
+
+validate -> hash -> fsync -> commit to the storage area -> index (group
+commit) -> publish events -> answer. C-STORE, import, and later STOW-RS,
+forwarding and report objects all end up in :meth:`IngestService.ingest_staged`.
+
+Guarantees:
+* a refused instance leaves nothing behind (no file, no row);
+* success is returned only once both the file and its index row are durable;
+* a crash at any point leaves no index row without its file, and no
+  half-written file under a key (only leftovers in staging, removed at start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from hilum.config import DuplicatePolicy
+from hilum.dicom.parsing import ParsedInstance, parse_instance, read_header
+from hilum.domain.errors import IngestFailure, IngestStatus
+from hilum.domain.events import EventBus, InstanceRejected, InstanceStored
+from hilum.index.models import Instance
+from hilum.index.writer import IndexWrite, IndexWriter, WriteOutcome
+from hilum.storage.base import StorageArea
+
+LOG = logging.getLogger(__name__)
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    status: IngestStatus
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+
+def storage_key_for(parsed: ParsedInstance) -> str:
+    """Files of one study share a directory, so a batch fsyncs few directories."""
+    study = hashlib.sha256(parsed.study_instance_uid.encode()).hexdigest()[:24]
+    return f"{study[:2]}/{study[2:4]}/{study}/{uuid.uuid4().hex}.dcm"
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        storage: StorageArea,
+        writer: IndexWriter,
+        events: EventBus,
+        duplicate_policy: DuplicatePolicy,
+    ) -> None:
+        self.engine = engine
+        self.storage = storage
+        self.writer = writer
+        self.events = events
+        self.duplicate_policy = duplicate_policy
+
+    # -- staging --------------------------------------------------------------
+    def new_staging_file(self) -> tuple[int, Path]:
+        """An open (fd, path) in the staging area for a receiver to write into."""
+        fd, name = tempfile.mkstemp(suffix=".part", dir=self.storage.staging_dir())
+        return fd, Path(name)
+
+    def stage_copy(self, source: Path) -> Path:
+        """Copy a file from outside (import) into staging; the original is untouched."""
+        fd, staged = self.new_staging_file()
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                shutil.copyfileobj(src, out, _COPY_CHUNK)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged
+
+    # -- the write path -------------------------------------------------------
+    def is_stored(self, sop_instance_uid: str) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
+                ).first()
+                is not None
+            )
+
+    def ingest_staged(
+        self,
+        staged: Path,
+        *,
+        source: str,
+        affected_sop_instance_uid: str | None = None,
+        policy: DuplicatePolicy | None = None,
+    ) -> IngestResult:
+        """Ingest a complete Part 10 file from the staging area; it is consumed either way."""
+        committed_key: str | None = None
+        try:
+            header = read_header(staged)
+            parsed = parse_instance(header)
+            del header
+            warning = ""
+            if affected_sop_instance_uid and affected_sop_instance_uid != parsed.sop_instance_uid:
+                raise IngestFailure(
+                    IngestStatus.CANNOT_UNDERSTAND,
+                    f"Affected SOP Instance UID {affected_sop_instance_uid} does not match "
+                    f"the data set's SOP Instance UID {parsed.sop_instance_uid}",
+                )
+            sha256, size = _hash_and_fsync(staged)
+            key = storage_key_for(parsed)
+            receipt = self.storage.commit(staged, key)
+            committed_key = key
+            future = self.writer.submit(
+                IndexWrite(
+                    parsed=parsed,
+                    storage_key=key,
+                    size=size,
+                    sha256=sha256,
+                    source=source,
+                    receipt=receipt,
+                    policy=policy or self.duplicate_policy,
+                )
+            )
+            committed_key = None  # from here the writer owns the file
+            outcome: WriteOutcome = future.result()
+        except IngestFailure as failure:
+            self._discard(staged, committed_key)
+            self.events.publish(InstanceRejected(source, str(failure), None))
+            raise
+        except OSError as exc:
+            self._discard(staged, committed_key)
+            raise IngestFailure(IngestStatus.OUT_OF_RESOURCES, f"storage error: {exc}") from exc
+        except BaseException:
+            self._discard(staged, committed_key)
+            raise
+        self.events.publish(
+            InstanceStored(
+                sop_instance_uid=parsed.sop_instance_uid,
+                sop_class_uid=parsed.sop_class_uid,
+                series_instance_uid=parsed.series_instance_uid,
+                study_instance_uid=parsed.study_instance_uid,
+                storage_key=key,
+                size=size,
+                source=source,
+                status=outcome.status.reason,
+                new_study=outcome.new_study,
+                new_series=outcome.new_series,
+            )
+        )
+        if outcome.conflicts:
+            warning = f"patient attributes differ from the stored patient: {outcome.conflicts}"
+            LOG.warning("%s (instance %s)", warning, parsed.sop_instance_uid)
+        return IngestResult(
+            status=outcome.status,
+            sop_instance_uid=parsed.sop_instance_uid,
+            sop_class_uid=parsed.sop_class_uid,
+            study_instance_uid=parsed.study_instance_uid,
+            message=warning,
+        )
+
+    def ingest_file(self, path: Path, *, source: str) -> IngestResult:
+        """Ingest a file from anywhere (copied first; the original is never touched)."""
+        return self.ingest_staged(self.stage_copy(path), source=source)
+
+    def _discard(self, staged: Path, key: str | None) -> None:
+        staged.unlink(missing_ok=True)
+        if key is not None:
+            self.storage.delete(key)
+
+
+def _hash_and_fsync(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_COPY_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(handle.fileno())
+    return digest.hexdigest(), size

@@ -1,0 +1,84 @@
+"""The storage area: opaque keys -> bytes. It never knows about patients.
+
+Writers first *stage* a complete file (a local temporary file that is not
+visible under any key), then :meth:`StorageArea.commit` makes it durable and
+visible under its key in one atomic step. Readers open by key, optionally a
+byte range. Backends: :mod:`hilum.storage.filesystem` (default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommitReceipt:
+    """What :meth:`StorageArea.commit` leaves to be made durable by :meth:`StorageArea.sync`."""
+
+    key: str
+    pending: tuple[str, ...] = ()  # backend-specific (e.g. directories to fsync)
+
+
+class StorageError(Exception):
+    pass
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class StorageArea(Protocol):
+    """Create, read, read a range, remove, by opaque key (cf. Orthanc's IStorageArea)."""
+
+    def staging_dir(self) -> Path:
+        """A local directory for staged files; committing from it is a cheap rename."""
+        ...
+
+    def commit(self, staged: Path, key: str) -> CommitReceipt:
+        """Make the staged file (already fsync'd by the caller) visible under ``key``.
+
+        The staged file is consumed. Call :meth:`sync` with the receipts before
+        acknowledging: only then is the new name durable.
+        """
+        ...
+
+    def sync(self, receipts: Iterable[CommitReceipt]) -> None:
+        """Make the commits durable; one call for a whole batch (group commit)."""
+        ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def open_range(self, key: str, start: int, length: int) -> Iterator[bytes]: ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A path to read the object directly, if the backend is local."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def stat(self, key: str) -> StoredObject: ...
+
+    def keys(self) -> Iterator[str]: ...
+
+    def recover(self) -> int:
+        """Remove leftovers of interrupted writes; return how many were removed."""
+        ...
+
+
+def fsync_file(handle: BinaryIO) -> None:
+    import os
+
+    handle.flush()
+    os.fsync(handle.fileno())
