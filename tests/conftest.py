@@ -1,0 +1,172 @@
+"""Shared fixtures: settings and services on SQLite *and* PostgreSQL, a real server.
+
+Every test that takes ``settings``, ``services`` or ``server`` runs once per
+index backend: ``[sqlite]`` and ``[postgresql]`` (a fresh database on the
+server at 127.0.0.1:5432, dropped afterwards). Set HILUM_TEST_BACKENDS=sqlite
+to run only one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hilum.app import Services, build_services, prepare
+from hilum.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("HILUM_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
+BACKENDS = os.environ.get("HILUM_TEST_BACKENDS", "sqlite,postgresql").split(",")
+
+os.environ.setdefault("TCP_NODELAY", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield ""  # the default: SQLite inside data_dir
+        return
+    import psycopg
+
+    name = f"hilum_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return load_settings(
+        None,
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 2},
+        http={"port": free_port()},
+    )
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    prepare(settings)
+    svc = build_services(settings)
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return self.settings.dicom.port
+
+    @property
+    def ae_title(self) -> str:
+        return self.settings.dicom.ae_title
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def hilum(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a `hilum` CLI command against this server's data dir / database."""
+        return run_hilum(self.settings, *args, check=check)
+
+
+def hilum_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    if settings.database_url:
+        env["HILUM_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def run_hilum(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=hilum_env(settings), timeout=300
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start_server(settings: Settings, tmp_path: Path, *extra: str) -> RunningServer:
+    log = tmp_path / f"server-{settings.dicom.port}.log"
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "hilum.cli", "serve",
+            "--data-dir", str(settings.data_dir),
+            "--ae-title", settings.dicom.ae_title,
+            "--dicom-port", str(settings.dicom.port),
+            "--http-port", str(settings.http.port),
+            "--host", "127.0.0.1",
+            "--workers", str(settings.dicom.workers),
+            *extra,
+        ],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=hilum_env(settings),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{log.read_text()}")
+        if b"Hilum: DICOM" in log.read_bytes():
+            return RunningServer(settings, process, log)
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"server did not start:\n{log.read_text()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[RunningServer]:
+    """A real `hilum serve` process (2 receiving processes) on free ports."""
+    running = start_server(settings, tmp_path)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (scripts/test.sh installs DCMTK / dicom3tools)")
+    return path
