@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import os
@@ -48,13 +49,15 @@ import gen_ct
 
 HOST = "127.0.0.1"  # everything stays on loopback
 SCU_AET = "BENCHSCU"
-HILUM_BIN = os.environ.get("HILUM_BIN", "/work/main/.venv/bin/hilum")
+HILUM_BIN = os.environ.get(
+    "HILUM_BIN", str(Path(__file__).resolve().parents[1] / ".venv/bin/hilum")
+)
 # The Hilum command line, in one place (override with $HILUM_BENCH_CMD). Tokens are split on
 # whitespace first, then {placeholders} are filled per token, so paths may contain spaces.
 HILUM_CMD = os.environ.get(
     "HILUM_BENCH_CMD",
-    "{bin} serve --data-dir {workdir}/data --ae-title {aet} --dicom-port {dicom_port}"
-    " --http-port {http_port}",
+    "{bin} serve --data-dir {workdir}/data --ae-title {aet} --host 127.0.0.1"
+    " --dicom-port {dicom_port} --http-port {http_port}",
 )
 SERVER_ENV = {"TCP_NODELAY": "1"}
 ALL_SERVERS = ("hilum", "orthanc", "storescp")
@@ -455,6 +458,17 @@ def first_line(cmd: list[str]) -> str:
         return "not available"
 
 
+def hilum_version() -> str:
+    """``hilum --version`` if supported, else the installed distribution's version."""
+    version = first_line([HILUM_BIN, "--version"])
+    if not version.startswith("unavailable"):
+        return version
+    try:
+        return f"{importlib.metadata.version('hilum')} (package metadata)"
+    except importlib.metadata.PackageNotFoundError:
+        return version
+
+
 def machine_info(path: Path) -> dict[str, Any]:
     import pydicom
     import pynetdicom
@@ -483,7 +497,7 @@ def machine_info(path: Path) -> dict[str, Any]:
         + f", {shutil.disk_usage(path).free / 1e9:.0f} GB free",
         "orthanc": first_line(["Orthanc", "--version"]),
         "dcmtk": first_line(["storescu", "--version"]).strip("$ "),
-        "hilum": first_line([HILUM_BIN, "--version"]),
+        "hilum": hilum_version(),
         "python": platform.python_version(),
         "pydicom": pydicom.__version__,
         "pynetdicom": pynetdicom.__version__,
@@ -554,7 +568,8 @@ def markdown(results: dict[str, Any], rows: list[list[str]]) -> str:
     p, m = results["params"], results["machine"]
     lines = [
         f"### {results['started']} — {p['studies']}x{p['slices']} CT, {p['small']} small studies, "
-        f"{p['parallel']} parallel associations, {p['queries']} C-FIND",
+        f"{p['parallel']} parallel associations, {p['queries']} C-FIND"
+        + (f", median of {p['repeat']} CT ingest runs" if p.get("repeat", 1) > 1 else ""),
         "",
         f"- Machine: {m['cpu']}, {m['nproc']} CPUs, {m['memory_gb']} GiB RAM, "
         f"kernel {m['kernel']}, {m['os']}",

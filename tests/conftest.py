@@ -117,7 +117,10 @@ def run_hilum(settings: Settings, *args: str, check: bool = True) -> subprocess.
     return result
 
 
-def start_server(settings: Settings, tmp_path: Path, *extra: str) -> RunningServer:
+def start_server(
+    settings: Settings, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> RunningServer:
+    """Start `hilum serve`; ``env`` adds environment (e.g. HILUM_DICOM__DUPLICATE_POLICY)."""
     log = tmp_path / f"server-{settings.dicom.port}.log"
     handle = log.open("wb")
     process = subprocess.Popen(
@@ -133,7 +136,7 @@ def start_server(settings: Settings, tmp_path: Path, *extra: str) -> RunningServ
         ],
         stdout=handle,
         stderr=subprocess.STDOUT,
-        env=hilum_env(settings),
+        env={**hilum_env(settings), **(env or {})},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from rich.console import Console
@@ -18,7 +19,7 @@ from rich.table import Table
 from hilum.config import ConfigError, RemoteAE, Settings, load_settings
 from hilum.domain.errors import HilumError
 
-console = Console(stderr=False)
+console = Console(stderr=False, soft_wrap=True)  # no hard wraps in paths when piped
 err = Console(stderr=True)
 
 
@@ -160,8 +161,11 @@ def _ae(args: argparse.Namespace) -> int:
             try:
                 node = RemoteAE(name=args.name, ae_title=args.ae_title, host=args.host,
                                 port=args.port, description=args.description)
-            except ValueError as exc:
-                raise HilumError(str(exc).splitlines()[-1] if str(exc) else "invalid AE") from None
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                )
+                raise HilumError(f"invalid remote AE: {problems}") from None
             nodes.add(node)
             console.print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}")
         elif args.ae_command == "remove":
@@ -258,11 +262,16 @@ def _scu(args: argparse.Namespace) -> int:
             engine.dispose()
     scu = Scu(settings.dicom.ae_title)
     if args.command == "echo":
-        status = scu.echo(remote)
-        console.print(f"C-ECHO {remote.ae_title}@{remote.host}:{remote.port}: status 0x{status:04X}")
-        return 0 if status == 0 else 1
+        code = scu.echo(remote)
+        console.print(f"C-ECHO {remote.ae_title}@{remote.host}:{remote.port}: status 0x{code:04X}")
+        return 0 if code == 0 else 1
     if args.command == "store":
-        files = [p for root in args.paths for p in ([root] if root.is_file() else sorted(root.rglob("*"))) if p.is_file()]
+        files = [
+            p
+            for root in args.paths
+            for p in ([root] if root.is_file() else sorted(root.rglob("*")))
+            if p.is_file()
+        ]
         report = scu.store(remote, files)
         console.print(f"sent {report.sent} file(s), {report.bytes / 1e6:.1f} MB; failed {len(report.failed)}")
         for path, reason in report.failed:
@@ -279,6 +288,7 @@ def _scu(args: argparse.Namespace) -> int:
         console.print(table)
         console.print(f"{count} match(es)")
         return 0
+    status: Dataset
     if args.command == "move":
         status = scu.move(remote, args.destination, identifier, root=args.root)
     else:

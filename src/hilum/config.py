@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +44,8 @@ class DuplicatePolicy(StrEnum):
 class RemoteAE(BaseModel):
     """A remote DICOM node Hilum may send to (C-MOVE destination, SCU target)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     ae_title: str
     host: str = Field(min_length=1)
@@ -54,6 +56,7 @@ class RemoteAE(BaseModel):
 
 
 class DicomSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     ae_title: str = "HILUM"
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=0, le=65535)
@@ -79,6 +82,7 @@ class DicomSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(default=8042, ge=0, le=65535)
 

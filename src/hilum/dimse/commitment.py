@@ -68,7 +68,9 @@ class CommitmentService:
         thread.start()
         return 0x0000, None
 
-    def check(self, references: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
+    def check(
+        self, references: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
         """Split references into committed and failed (with a failure reason)."""
         committed: list[tuple[str, str]] = []
         failed: list[tuple[str, str, int]] = []

@@ -91,7 +91,7 @@ class DimseHandlers:
         return 0x0000
 
     # -- C-FIND (PS3.4 C.4.1) ----------------------------------------------------
-    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         try:
             identifier = event.identifier
             query = query_from_identifier(identifier, _root(event))
@@ -185,12 +185,14 @@ class DimseHandlers:
             except Exception as exc:  # no decoder for this syntax: let the sub-op fail
                 LOG.warning("cannot decompress %s: %s", instance.sop_instance_uid, exc)
                 return ds
-            target = ExplicitVRLittleEndian if ExplicitVRLittleEndian in syntaxes else ImplicitVRLittleEndian
-            ds.file_meta.TransferSyntaxUID = target
+            ds.file_meta.TransferSyntaxUID = _uncompressed_choice(syntaxes)
         elif not UID(stored_ts).is_compressed:
-            target = ExplicitVRLittleEndian if ExplicitVRLittleEndian in syntaxes else ImplicitVRLittleEndian
-            ds.file_meta.TransferSyntaxUID = target
+            ds.file_meta.TransferSyntaxUID = _uncompressed_choice(syntaxes)
         return ds
+
+
+def _uncompressed_choice(syntaxes: set[str]) -> UID:
+    return ExplicitVRLittleEndian if ExplicitVRLittleEndian in syntaxes else ImplicitVRLittleEndian
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[Any]:

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (
 )
 
 from hilum.config import RemoteAE, validate_ae_title
+from hilum.dimse.tuning import apply_pynetdicom_tuning
 from hilum.domain.errors import HilumError
 
 _ADDRESS = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
@@ -69,6 +70,7 @@ class Scu:
         self.timeout = timeout
 
     def _ae(self) -> AE:
+        apply_pynetdicom_tuning()
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = self.timeout
         ae.dimse_timeout = self.timeout * 4
@@ -198,8 +200,9 @@ class Scu:
         ae.add_requested_context(model)
         roles = []
         for cx in StoragePresentationContexts[:127]:
-            ae.add_requested_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+            sop_class = str(cx.abstract_syntax)
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            roles.append(build_role(sop_class, scp_role=True))
 
         def _on_store(event: Any) -> int:
             ds = event.dataset

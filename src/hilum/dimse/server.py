@@ -35,7 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from hilum.app import Services, build_services
 from hilum.config import Settings
 from hilum.dimse.handlers import DimseHandlers
-from hilum.dimse.tuning import apply_pynetdicom_tuning
+from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class ReusePortServer(ThreadedAssociationServer):
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        set_nodelay(client)
+        return client, address
+
 
 def build_ae(services: Services) -> AE:
     dicom = services.settings.dicom
@@ -74,7 +79,7 @@ def build_ae(services: Services) -> AE:
     # scu_role/scp_role so C-GET requestors can take the SCP role (PS3.7 D.3.3.4).
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(
-            cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
         )
     for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)
@@ -101,7 +106,7 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
     handlers = DimseHandlers(services)
     address = (settings.dicom.host, settings.dicom.port)
     server = ae.make_server(
-        address, evt_handlers=handlers.bindings(), server_class=ReusePortServer
+        address, evt_handlers=handlers.bindings(), server_class=ReusePortServer  # type: ignore[arg-type]
     )
     stop = threading.Event()
 

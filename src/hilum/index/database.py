@@ -45,6 +45,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # only after commit, so this is what makes an ack durable).
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # C-FIND wild card matching is case-sensitive except for PN (PS3.4 C.2.2.2.4),
+        # as LIKE is on PostgreSQL; PN is matched on upper-cased key columns.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.execute("PRAGMA temp_store=MEMORY")

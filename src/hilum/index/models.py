@@ -9,6 +9,7 @@ storage area by ``storage_key`` and records its size and SHA-256.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     func,
 )
@@ -179,3 +181,18 @@ Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
 Index("ix_patients_birth_date", Patient.__table__.c.patient_birth_date)
 Index("ix_series_study_modality", Series.study_pk, Series.modality)
 Index("ix_instances_series_number", Instance.series_pk, Instance.__table__.c.instance_number)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a model, typed as a Table (for insert/update/delete)."""
+    return cast(Table, model.__table__)
+
+
+patients_t = table_of(Patient)
+studies_t = table_of(Study)
+series_t = table_of(Series)
+instances_t = table_of(Instance)
+conflicts_t = table_of(PatientConflict)
+changes_t = table_of(Change)
+remote_aes_t = table_of(RemoteNode)
+commitments_t = table_of(CommitmentRequest)

@@ -6,7 +6,7 @@ from sqlalchemy import Engine, delete, select
 
 from hilum.config import RemoteAE
 from hilum.domain.errors import HilumError, NotFound
-from hilum.index.models import RemoteNode
+from hilum.index.models import remote_aes_t
 
 
 class RemoteNodes:
@@ -15,7 +15,7 @@ class RemoteNodes:
 
     def all(self) -> list[RemoteAE]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(RemoteNode.__table__).order_by(RemoteNode.name)).all()
+            rows = conn.execute(select(remote_aes_t).order_by(remote_aes_t.c.name)).all()
         return [
             RemoteAE(
                 name=r.name, ae_title=r.ae_title, host=r.host, port=r.port,
@@ -39,10 +39,10 @@ class RemoteNodes:
         for node in self.all():
             if node.name == name_or_aet:
                 return node
-        node = self.by_ae_title(name_or_aet)
-        if node is None:
+        found = self.by_ae_title(name_or_aet)
+        if found is None:
             raise NotFound(f"no remote AE named {name_or_aet!r} (see 'hilum ae list')")
-        return node
+        return found
 
     def add(self, node: RemoteAE) -> None:
         if any(n.name == node.name for n in self.all()):
@@ -50,7 +50,7 @@ class RemoteNodes:
         self.upsert(node)
 
     def upsert(self, node: RemoteAE, *, from_config: bool = False) -> None:
-        table = RemoteNode.__table__
+        table = remote_aes_t
         with self.engine.begin() as conn:
             conn.execute(delete(table).where(table.c.name == node.name))
             conn.execute(
@@ -61,7 +61,7 @@ class RemoteNodes:
             )
 
     def remove(self, name: str) -> None:
-        table = RemoteNode.__table__
+        table = remote_aes_t
         with self.engine.begin() as conn:
             if conn.execute(delete(table).where(table.c.name == name)).rowcount == 0:
                 raise NotFound(f"no remote AE named {name!r}")

@@ -14,11 +14,11 @@ from sqlalchemy import (
     and_,
     exists,
     false,
+    func,
     or_,
     select,
     true,
 )
-from sqlalchemy.sql.elements import ColumnClause
 
 from hilum.domain.attributes import BY_KEYWORD, INTEGER_VRS, IndexedAttribute, Level
 from hilum.domain.errors import InvalidQuery
@@ -46,7 +46,7 @@ class Hit:
     values: dict[str, Any]
 
 
-def _column(attr: IndexedAttribute) -> ColumnClause[Any]:
+def _column(attr: IndexedAttribute) -> Any:
     return TABLE[attr.level].c[attr.column]
 
 
@@ -88,7 +88,11 @@ def _condition(constraint: Constraint, level: Level) -> ColumnElement[bool]:
         return _in_study(SE.c.modality, constraint)
     if attr.keyword == "SOPClassesInStudy":
         return _in_study(I.c.sop_class_uid, constraint, via_instances=True)
-    column: Any = PN_KEY_COLUMN.get(attr.keyword, _column(attr))
+    column: Any = PN_KEY_COLUMN.get(attr.keyword)
+    if column is None:
+        column = _column(attr)
+        if attr.vr == "PN":  # constraint values are upper-cased (C.2.2.2.1); no key column
+            column = func.upper(column)
     return _match(column, constraint)
 
 
@@ -106,7 +110,7 @@ def _match(column: Any, constraint: Constraint) -> ColumnElement[bool]:
     is_int = constraint.vr in INTEGER_VRS
     values: list[Any] = [int(v) for v in constraint.values] if is_int else list(constraint.values)
     if kind is MatchKind.SINGLE:
-        return column == values[0]  # type: ignore[no-any-return]
+        return column == values[0]
     if kind is MatchKind.LIST:
         conditions = []
         plain = [v for v in values if not (isinstance(v, str) and ("*" in v or "?" in v))]
@@ -116,7 +120,7 @@ def _match(column: Any, constraint: Constraint) -> ColumnElement[bool]:
             conditions.append(column.like(_like(pattern), escape="\\"))
         return or_(*conditions) if conditions else false()
     if kind is MatchKind.WILDCARD:
-        return column.like(_like(values[0]), escape="\\")  # type: ignore[no-any-return]
+        return column.like(_like(values[0]), escape="\\")
     if kind is MatchKind.RANGE:
         parts = []
         if constraint.low is not None:

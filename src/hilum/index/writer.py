@@ -20,23 +20,24 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from hilum.config import DuplicatePolicy
 from hilum.dicom.parsing import ParsedInstance
 from hilum.domain.attributes import Level, person_name_key
 from hilum.domain.errors import IngestFailure, IngestStatus
-from hilum.index.models import Change, Instance, Patient, PatientConflict, Series, Study
+from hilum.index.models import (
+    changes_t,
+    conflicts_t,
+    instances_t,
+    patients_t,
+    series_t,
+    studies_t,
+)
 from hilum.storage.base import CommitReceipt, StorageArea
 
 LOG = logging.getLogger(__name__)
 
-patients_t = Patient.__table__
-studies_t = Study.__table__
-series_t = Series.__table__
-instances_t = Instance.__table__
-conflicts_t = PatientConflict.__table__
-changes_t = Change.__table__
 
 _PATIENT_CHECKED = ("patient_name", "patient_birth_date", "patient_sex")
 MAX_BATCH = 128

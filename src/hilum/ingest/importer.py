@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -32,11 +32,11 @@ class ImportItem:
     archive: Path | None = None
     member: str | None = None
 
-    def open(self) -> BinaryIO:
+    def open(self) -> IO[bytes]:
         if self.path is not None:
             return self.path.open("rb")
         assert self.archive is not None and self.member is not None
-        return zipfile.ZipFile(self.archive).open(self.member)  # noqa: SIM115
+        return zipfile.ZipFile(self.archive).open(self.member)
 
 
 @dataclass
