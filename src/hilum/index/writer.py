@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -185,8 +185,9 @@ class IndexWriter:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
                     try:
                         with conn.begin():
-                            results = [(w, apply_write(conn, w)) for w in batch]
-                            recount(conn, studies={_study_pk(conn, w) for w in batch})
+                            touched: set[int] = set()
+                            results = [(w, apply_write(conn, w, touched)) for w in batch]
+                            recount(conn, studies=touched)
                     finally:
                         conn.info.pop("sqlite_begin", None)
                 return results
@@ -206,34 +207,112 @@ def _retryable(exc: DBAPIError) -> bool:
     return any(s in text for s in ("locked", "busy", "deadlock", "serializ", "could not obtain"))
 
 
-def _study_pk(conn: Connection, write: IndexWrite) -> int:
-    pk = conn.execute(
-        select(studies_t.c.id).where(
-            studies_t.c.study_instance_uid == write.parsed.study_instance_uid
+class _Statements:
+    """Statements built once per dialect: building Core statements per row costs more
+    than running them (SQLAlchemy's cache key generation), so rows only bind values."""
+
+    def __init__(self, dialect: str) -> None:
+        insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.select_instance = select(
+            instances_t.c.id, instances_t.c.sha256, instances_t.c.storage_key
+        ).where(instances_t.c.sop_instance_uid == bindparam("uid"))
+        self.delete_instance = delete(instances_t).where(instances_t.c.id == bindparam("pk"))
+        self.select_patient = select(
+            patients_t.c.id, *(patients_t.c[c] for c in _PATIENT_CHECKED)
+        ).where(patients_t.c.patient_key == bindparam("key"))
+        self.insert_patient = insert_for(patients_t).on_conflict_do_nothing(
+            index_elements=["patient_key"]
         )
-    ).scalar_one_or_none()
-    return pk if pk is not None else -1
-
-
-def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], unique: str) -> None:
-    if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(table).values(values).on_conflict_do_nothing(
-            index_elements=[unique]
+        self.select_study = select(studies_t.c.id, studies_t.c.patient_pk).where(
+            studies_t.c.study_instance_uid == bindparam("uid")
         )
-    else:
-        stmt = sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=[unique])
-    conn.execute(stmt)
+        self.insert_study = insert_for(studies_t).on_conflict_do_nothing(
+            index_elements=["study_instance_uid"]
+        )
+        self.select_series = select(series_t.c.id).where(
+            series_t.c.series_instance_uid == bindparam("uid")
+        )
+        self.insert_series = insert_for(series_t).on_conflict_do_nothing(
+            index_elements=["series_instance_uid"]
+        )
+        self.insert_instance = insert(instances_t)
+        self.insert_change = insert(changes_t)
+        self.insert_conflict = insert(conflicts_t)
+        self.series_totals = (
+            select(
+                series_t.c.id,
+                series_t.c.modality,
+                series_t.c.num_instances,
+                func.count(instances_t.c.id),
+                func.coalesce(func.sum(instances_t.c.size_bytes), 0),
+            )
+            .select_from(series_t.outerjoin(instances_t, instances_t.c.series_pk == series_t.c.id))
+            .where(series_t.c.study_pk == bindparam("study_pk"))
+            .group_by(series_t.c.id, series_t.c.modality, series_t.c.num_instances)
+        )
+        self.update_series = (
+            update(series_t)
+            .where(series_t.c.id == bindparam("pk"))
+            .values(num_instances=bindparam("n"), updated_at=func.now())
+        )
+        self.study_sop_classes = (
+            select(instances_t.c.sop_class_uid)
+            .distinct()
+            .join(series_t, instances_t.c.series_pk == series_t.c.id)
+            .where(series_t.c.study_pk == bindparam("study_pk"))
+        )
+        self.update_study = (
+            update(studies_t)
+            .where(studies_t.c.id == bindparam("pk"))
+            .values(
+                num_series=bindparam("num_series"),
+                num_instances=bindparam("num_instances"),
+                size_bytes=bindparam("size_bytes"),
+                modalities_in_study=bindparam("modalities"),
+                sop_classes_in_study=bindparam("sop_classes"),
+                updated_at=func.now(),
+            )
+        )
+        self.study_patients = select(studies_t.c.patient_pk).where(
+            studies_t.c.id == bindparam("pk")
+        )
+        self.patient_totals = select(
+            func.count(studies_t.c.id),
+            func.coalesce(func.sum(studies_t.c.num_series), 0),
+            func.coalesce(func.sum(studies_t.c.num_instances), 0),
+        ).where(studies_t.c.patient_pk == bindparam("pk"))
+        self.update_patient = (
+            update(patients_t)
+            .where(patients_t.c.id == bindparam("pk"))
+            .values(
+                num_studies=bindparam("num_studies"),
+                num_series=bindparam("num_series"),
+                num_instances=bindparam("num_instances"),
+                updated_at=func.now(),
+            )
+        )
 
 
-def apply_write(conn: Connection, write: IndexWrite) -> WriteOutcome:
-    """Apply one instance to the index inside the caller's transaction."""
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def statements(conn: Connection) -> _Statements:
+    name = conn.dialect.name
+    found = _STATEMENTS.get(name)
+    if found is None:
+        found = _STATEMENTS[name] = _Statements(name)
+    return found
+
+
+def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = None) -> WriteOutcome:
+    """Apply one instance to the index inside the caller's transaction.
+
+    ``touched`` collects the primary keys of the studies whose aggregates need a recount.
+    """
+    q = statements(conn)
     parsed = write.parsed
     outcome = WriteOutcome(status=IngestStatus.STORED)
-    existing = conn.execute(
-        select(instances_t.c.id, instances_t.c.sha256, instances_t.c.storage_key).where(
-            instances_t.c.sop_instance_uid == parsed.sop_instance_uid
-        )
-    ).first()
+    existing = conn.execute(q.select_instance, {"uid": parsed.sop_instance_uid}).first()
     if existing is not None:
         if existing.sha256 == write.sha256 or write.policy is DuplicatePolicy.IGNORE:
             outcome.status = IngestStatus.ALREADY_STORED
@@ -244,82 +323,79 @@ def apply_write(conn: Connection, write: IndexWrite) -> WriteOutcome:
                 IngestStatus.DUPLICATE_REJECTED,
                 f"SOP Instance {parsed.sop_instance_uid} is already stored with different content",
             )
-        conn.execute(delete(instances_t).where(instances_t.c.id == existing.id))
+        old_study = conn.execute(
+            select(series_t.c.study_pk)
+            .join(instances_t, instances_t.c.series_pk == series_t.c.id)
+            .where(instances_t.c.id == existing.id)
+        ).scalar_one()
+        if touched is not None:
+            touched.add(old_study)
+        conn.execute(q.delete_instance, {"pk": existing.id})
         outcome.status = IngestStatus.REPLACED
         outcome.obsolete_keys.append(existing.storage_key)
 
     # Patient
     key = patient_key(parsed.patient)
-    patient_values = dict(parsed.patient)
-    patient_values["patient_key"] = key
-    patient_values["patient_name_key"] = person_name_key(patient_values.get("patient_name") or "")
-    _insert_ignore(conn, patients_t, patient_values, "patient_key")
-    patient_row = conn.execute(
-        select(patients_t.c.id, *(patients_t.c[c] for c in _PATIENT_CHECKED)).where(
-            patients_t.c.patient_key == key
+    patient_row = conn.execute(q.select_patient, {"key": key}).first()
+    if patient_row is None:
+        patient_values = dict(parsed.patient)
+        patient_values["patient_key"] = key
+        patient_values["patient_name_key"] = person_name_key(
+            patient_values.get("patient_name") or ""
         )
-    ).one()
+        conn.execute(q.insert_patient, patient_values)
+        patient_row = conn.execute(q.select_patient, {"key": key}).one()
     for column in _PATIENT_CHECKED:
         stored, received = getattr(patient_row, column), parsed.patient.get(column)
         if stored and received and stored != received:
             outcome.conflicts.append(column)
             conn.execute(
-                insert(conflicts_t).values(
-                    patient_pk=patient_row.id,
-                    sop_instance_uid=parsed.sop_instance_uid,
-                    study_instance_uid=parsed.study_instance_uid,
-                    attribute=column,
-                    stored_value=stored,
-                    received_value=received,
-                )
+                q.insert_conflict,
+                {
+                    "patient_pk": patient_row.id,
+                    "sop_instance_uid": parsed.sop_instance_uid,
+                    "study_instance_uid": parsed.study_instance_uid,
+                    "attribute": column,
+                    "stored_value": stored,
+                    "received_value": received,
+                },
             )
 
     # Study
-    study_values = dict(parsed.study)
-    study_values["patient_pk"] = patient_row.id
-    study_values["referring_physician_name_key"] = person_name_key(
-        study_values.get("referring_physician_name") or ""
-    )
-    study_row = conn.execute(
-        select(studies_t.c.id, studies_t.c.patient_pk).where(
-            studies_t.c.study_instance_uid == parsed.study_instance_uid
-        )
-    ).first()
+    study_row = conn.execute(q.select_study, {"uid": parsed.study_instance_uid}).first()
     if study_row is None:
-        _insert_ignore(conn, studies_t, study_values, "study_instance_uid")
-        study_row = conn.execute(
-            select(studies_t.c.id, studies_t.c.patient_pk).where(
-                studies_t.c.study_instance_uid == parsed.study_instance_uid
-            )
-        ).one()
+        study_values = dict(parsed.study)
+        study_values["patient_pk"] = patient_row.id
+        study_values["referring_physician_name_key"] = person_name_key(
+            study_values.get("referring_physician_name") or ""
+        )
+        conn.execute(q.insert_study, study_values)
+        study_row = conn.execute(q.select_study, {"uid": parsed.study_instance_uid}).one()
         outcome.new_study = True
     if study_row.patient_pk != patient_row.id:
         # The study is filed under another patient: keep it there, flag for QC.
         outcome.conflicts.append("patient_key")
         conn.execute(
-            insert(conflicts_t).values(
-                patient_pk=study_row.patient_pk,
-                sop_instance_uid=parsed.sop_instance_uid,
-                study_instance_uid=parsed.study_instance_uid,
-                attribute="PatientID",
-                stored_value=str(study_row.patient_pk),
-                received_value=key.replace("\x1f", "^").replace("\x1e", ""),
-            )
+            q.insert_conflict,
+            {
+                "patient_pk": study_row.patient_pk,
+                "sop_instance_uid": parsed.sop_instance_uid,
+                "study_instance_uid": parsed.study_instance_uid,
+                "attribute": "PatientID",
+                "stored_value": str(study_row.patient_pk),
+                "received_value": key.replace("\x1f", "^").replace("\x1e", ""),
+            },
         )
+    if touched is not None:
+        touched.add(study_row.id)
 
     # Series
-    series_values = dict(parsed.series)
-    series_values["study_pk"] = study_row.id
-    series_pk = conn.execute(
-        select(series_t.c.id).where(series_t.c.series_instance_uid == parsed.series_instance_uid)
-    ).scalar_one_or_none()
+    series_pk = conn.execute(q.select_series, {"uid": parsed.series_instance_uid}).scalar()
     if series_pk is None:
-        _insert_ignore(conn, series_t, series_values, "series_instance_uid")
-        series_pk = conn.execute(
-            select(series_t.c.id).where(
-                series_t.c.series_instance_uid == parsed.series_instance_uid
-            )
-        ).scalar_one()
+        series_values = dict(parsed.series)
+        series_values["study_pk"] = study_row.id
+        conn.execute(q.insert_series, series_values)
+        series_pk = conn.execute(q.select_series, {"uid": parsed.series_instance_uid}).scalar_one()
         outcome.new_series = True
 
     # Instance
@@ -332,14 +408,15 @@ def apply_write(conn: Connection, write: IndexWrite) -> WriteOutcome:
         sha256=write.sha256,
         source=write.source,
     )
-    conn.execute(insert(instances_t).values(instance_values))
+    conn.execute(q.insert_instance, instance_values)
     conn.execute(
-        insert(changes_t).values(
-            kind="replaced" if outcome.status is IngestStatus.REPLACED else "stored",
-            level=Level.IMAGE.value,
-            resource_uid=parsed.sop_instance_uid,
-            study_instance_uid=parsed.study_instance_uid,
-        )
+        q.insert_change,
+        {
+            "kind": "replaced" if outcome.status is IngestStatus.REPLACED else "stored",
+            "level": Level.IMAGE.value,
+            "resource_uid": parsed.sop_instance_uid,
+            "study_instance_uid": parsed.study_instance_uid,
+        },
     )
     return outcome
 
@@ -349,69 +426,43 @@ def recount(conn: Connection, *, studies: set[int]) -> None:
 
     Full recounts (not increments) keep them right after replace and delete too.
     """
+    q = statements(conn)
     studies.discard(-1)
-    if not studies:
-        return
-    now = func.now()
+    patient_pks: set[int] = set()
     for study_pk in sorted(studies):  # sorted: a stable lock order on PostgreSQL
-        series_rows = conn.execute(
-            select(
-                series_t.c.id,
-                series_t.c.modality,
-                func.count(instances_t.c.id),
-                func.coalesce(func.sum(instances_t.c.size_bytes), 0),
-            )
-            .select_from(series_t.outerjoin(instances_t, instances_t.c.series_pk == series_t.c.id))
-            .where(series_t.c.study_pk == study_pk)
-            .group_by(series_t.c.id, series_t.c.modality)
-        ).all()
+        series_rows = conn.execute(q.series_totals, {"study_pk": study_pk}).all()
         for row in series_rows:
-            conn.execute(
-                update(series_t)
-                .where(and_(series_t.c.id == row[0], series_t.c.num_instances != row[2]))
-                .values(num_instances=row[2], updated_at=now)
-            )
-        sop_classes = conn.execute(
-            select(instances_t.c.sop_class_uid)
-            .distinct()
-            .join(series_t, instances_t.c.series_pk == series_t.c.id)
-            .where(series_t.c.study_pk == study_pk)
-        ).scalars()
+            if row[2] != row[3]:
+                conn.execute(q.update_series, {"pk": row[0], "n": row[3]})
+        sop_classes = conn.execute(q.study_sop_classes, {"study_pk": study_pk}).scalars()
         modalities = sorted({r[1] for r in series_rows if r[1]})
         conn.execute(
-            update(studies_t)
-            .where(studies_t.c.id == study_pk)
-            .values(
-                num_series=len(series_rows),
-                num_instances=sum(r[2] for r in series_rows),
-                size_bytes=sum(r[3] for r in series_rows),
-                modalities_in_study="\\".join(modalities),
-                sop_classes_in_study="\\".join(sorted(sop_classes)),
-                updated_at=now,
-            )
+            q.update_study,
+            {
+                "pk": study_pk,
+                "num_series": len(series_rows),
+                "num_instances": sum(r[3] for r in series_rows),
+                "size_bytes": sum(r[4] for r in series_rows),
+                "modalities": "\\".join(modalities),
+                "sop_classes": "\\".join(sorted(sop_classes)),
+            },
         )
-    patient_pks = conn.execute(
-        select(studies_t.c.patient_pk).distinct().where(studies_t.c.id.in_(studies))
-    ).scalars().all()
-    recount_patients(conn, set(patient_pks))
+        patient_pk = conn.execute(q.study_patients, {"pk": study_pk}).scalar()
+        if patient_pk is not None:
+            patient_pks.add(patient_pk)
+    recount_patients(conn, patient_pks)
 
 
 def recount_patients(conn: Connection, patient_pks: set[int]) -> None:
+    q = statements(conn)
     for patient_pk in sorted(patient_pks):
-        totals = conn.execute(
-            select(
-                func.count(studies_t.c.id),
-                func.coalesce(func.sum(studies_t.c.num_series), 0),
-                func.coalesce(func.sum(studies_t.c.num_instances), 0),
-            ).where(studies_t.c.patient_pk == patient_pk)
-        ).one()
+        totals = conn.execute(q.patient_totals, {"pk": patient_pk}).one()
         conn.execute(
-            update(patients_t)
-            .where(patients_t.c.id == patient_pk)
-            .values(
-                num_studies=totals[0],
-                num_series=totals[1],
-                num_instances=totals[2],
-                updated_at=func.now(),
-            )
+            q.update_patient,
+            {
+                "pk": patient_pk,
+                "num_studies": totals[0],
+                "num_series": totals[1],
+                "num_instances": totals[2],
+            },
         )

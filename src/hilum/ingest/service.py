@@ -1,7 +1,7 @@
 """Ingest: the one write path for instances, whatever their origin.
 
-validate -> hash -> fsync -> commit to the storage area -> index (group
-commit) -> publish events -> answer. C-STORE, import, and later STOW-RS,
+validate -> hash -> commit to the storage area -> sync the batch (one
+flush for many files) -> index (group commit) -> publish events -> answer. C-STORE, import, and later STOW-RS,
 forwarding and report objects all end up in :meth:`IngestService.ingest_staged`.
 
 Guarantees:
@@ -119,7 +119,7 @@ class IngestService:
                     f"Affected SOP Instance UID {affected_sop_instance_uid} does not match "
                     f"the data set's SOP Instance UID {parsed.sop_instance_uid}",
                 )
-            sha256, size = _hash_and_fsync(staged)
+            sha256, size = _hash(staged)
             key = storage_key_for(parsed)
             receipt = self.storage.commit(staged, key)
             committed_key = key
@@ -181,12 +181,11 @@ class IngestService:
             self.storage.delete(key)
 
 
-def _hash_and_fsync(path: Path) -> tuple[str, int]:
+def _hash(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as handle:
         while chunk := handle.read(_COPY_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-        os.fsync(handle.fileno())
     return digest.hexdigest(), size

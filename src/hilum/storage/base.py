@@ -45,10 +45,10 @@ class StorageArea(Protocol):
         ...
 
     def commit(self, staged: Path, key: str) -> CommitReceipt:
-        """Make the staged file (already fsync'd by the caller) visible under ``key``.
+        """Make the staged file visible under ``key`` (atomically; consumes it).
 
-        The staged file is consumed. Call :meth:`sync` with the receipts before
-        acknowledging: only then is the new name durable.
+        Call :meth:`sync` with the receipts before indexing or acknowledging:
+        only then are the content and the new name durable.
         """
         ...
 
@@ -77,8 +77,3 @@ class StorageArea(Protocol):
         ...
 
 
-def fsync_file(handle: BinaryIO) -> None:
-    import os
-
-    handle.flush()
-    os.fsync(handle.fileno())
