@@ -30,7 +30,7 @@ from hilum.index.database import make_engine
 from hilum.index.models import Change, Instance, Patient, Series, Study
 from hilum.storage.filesystem import FilesystemStorage
 
-SLICES = 160
+SLICES = 100
 SENDERS = 2
 
 
@@ -50,11 +50,15 @@ def kill_server_tree(server: RunningServer) -> int:
     return len(children)
 
 
-def send(port: int, ae_title: str, files: list[Path], acked: list[str], done: list[int]) -> None:
+def send(
+    port: int, ae_title: str, files: list[Path], acked: list[str], done: list[int],
+    timeout: float = 30,
+) -> None:
     """C-STORE ``files``; record the SOP Instance UIDs whose success status arrived."""
     ae = AE(ae_title="CRASHSCU")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    # pynetdicom may notice a dead peer only when the DIMSE timeout expires.
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
     if not assoc.is_established:
         return
@@ -62,12 +66,12 @@ def send(port: int, ae_title: str, files: list[Path], acked: list[str], done: li
         for path in files:
             try:
                 status = assoc.send_c_store(path)
-            except Exception:
-                break
+            except Exception:  # the peer died under us
+                return
             if status and status.get("Status") == 0x0000:
                 acked.append(path.stem)  # write_study names files by SOP Instance UID
             if not assoc.is_established:
-                break
+                return
         done.append(1)
     finally:
         if assoc.is_established:
@@ -106,7 +110,7 @@ def test_sigkill_mid_transfer_then_restart(settings: Settings, tmp_path: Path) -
     threads = [
         threading.Thread(
             target=send,
-            args=(server.port, server.ae_title, files[i::SENDERS], acked, done),
+            args=(server.port, server.ae_title, files[i::SENDERS], acked, done, 5),
             daemon=True,
         )
         for i in range(SENDERS)

@@ -365,6 +365,10 @@ def test_computed_counts(archive: Archive) -> None:
     assert patient["NumberOfPatientRelatedInstances"] == 5
     for h in run(archive, "SERIES", StudyInstanceUID=archive.study_uid["yamada"]):
         assert h["NumberOfSeriesRelatedInstances"] == 2
+    # Computed attributes are matchable too.
+    assert studies(archive, NumberOfStudyRelatedInstances="4") == {"mueller", "yamada"}
+    assert studies(archive, NumberOfStudyRelatedSeries="2") == {"mueller", "yamada"}
+    assert studies(archive, NumberOfPatientRelatedStudies="2") == {"doe1", "doe2"}
 
     pending, final = c_find(
         archive,
