@@ -169,7 +169,8 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    # System tools only: a venv may hold pynetdicom's own storescu/findscu apps.
+    path = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
     if path is None:
         pytest.fail(f"{name} is not installed (scripts/test.sh installs DCMTK / dicom3tools)")
     return path

@@ -108,6 +108,7 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
     server = ae.make_server(
         address, evt_handlers=handlers.bindings(), server_class=ReusePortServer  # type: ignore[arg-type]
     )
+    ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
     stop = threading.Event()
 
     def _terminate(signum: int, _frame: Any) -> None:
@@ -115,6 +116,7 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(stop)
     thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
     thread.start()
     LOG.debug("worker %d listening on %s", index, address)
@@ -123,6 +125,25 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
     stop.wait()
     server.shutdown()
     services.close()
+
+
+def _exit_with_parent(stop: threading.Event) -> None:
+    """A worker must never outlive `hilum serve` (it would keep the port via SO_REUSEPORT)."""
+    parent = os.getppid()
+    try:  # Linux: the kernel sends SIGTERM when the parent dies
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def _watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=_watch, name="parent-watch", daemon=True).start()
 
 
 class DimseServer:

@@ -31,6 +31,8 @@ SE = Series.__table__
 I = Instance.__table__  # noqa: E741
 
 TABLE = {Level.PATIENT: P, Level.STUDY: S, Level.SERIES: SE, Level.IMAGE: I}
+# Attributes stored backslash-joined that can hold several values (VM > 1).
+MULTI_VALUED = frozenset({"ImageType", "OtherPatientNames"})
 # Match person names on the folded key columns where the index has one.
 PN_KEY_COLUMN = {
     "PatientName": P.c.patient_name_key,
@@ -93,7 +95,32 @@ def _condition(constraint: Constraint, level: Level) -> ColumnElement[bool]:
         column = _column(attr)
         if attr.vr == "PN":  # constraint values are upper-cased (C.2.2.2.1); no key column
             column = func.upper(column)
+    if attr.keyword in MULTI_VALUED and constraint.kind in (MatchKind.SINGLE, MatchKind.WILDCARD):
+        return _match_any_value(column, constraint)
     return _match(column, constraint)
+
+
+def _match_any_value(column: Any, constraint: Constraint) -> ColumnElement[bool]:
+    """PS3.4 C.2.2.2: a multi-valued attribute matches if any one of its values does.
+
+    Values are stored backslash-joined, so look for the value at each position.
+    """
+    value = constraint.values[0]
+    if constraint.kind is MatchKind.WILDCARD:
+        pattern = _escape_like(value).replace("*", "%").replace("?", "_")
+    else:
+        pattern = _escape_like(value)
+    sep = "\\"
+    return or_(
+        column.like(pattern, escape="!"),
+        column.like(pattern + sep + "%", escape="!"),
+        column.like("%" + sep + pattern, escape="!"),
+        column.like("%" + sep + pattern + sep + "%", escape="!"),
+    )
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 def _in_study(column: Any, constraint: Constraint, via_instances: bool = False) -> Any:

@@ -9,6 +9,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -32,11 +33,15 @@ class ImportItem:
     archive: Path | None = None
     member: str | None = None
 
-    def open(self) -> IO[bytes]:
+    @contextmanager
+    def open(self) -> Iterator[IO[bytes]]:
         if self.path is not None:
-            return self.path.open("rb")
+            with self.path.open("rb") as handle:
+                yield handle
+            return
         assert self.archive is not None and self.member is not None
-        return zipfile.ZipFile(self.archive).open(self.member)
+        with zipfile.ZipFile(self.archive) as archive, archive.open(self.member) as member:
+            yield member
 
 
 @dataclass
