@@ -13,7 +13,8 @@ from hilum.storage.filesystem import FilesystemStorage
 
 @pytest.fixture
 def storage(tmp_path: Path) -> FilesystemStorage:
-    return FilesystemStorage(tmp_path / "storage")
+    # The portable mode; syncfs mode has its own test below.
+    return FilesystemStorage(tmp_path / "storage", sync_mode="fsync")
 
 
 def stage(storage: FilesystemStorage, data: bytes) -> Path:
@@ -190,7 +191,11 @@ def test_sync_fsyncs_the_pending_directories(
     monkeypatch.setattr(os, "open", spy_open)
     monkeypatch.setattr(os, "fsync", spy_fsync)
     storage.sync(receipts)
-    # Each directory once, deepest first (a new directory before its parent's entry).
+    # Every file's content, then each directory once, deepest first (a new
+    # directory before its parent's entry).
+    files = [p for p in synced if Path(p).is_file()]
+    assert sorted(files) == sorted(str(storage.root / r.key) for r in receipts)
+    synced = [p for p in synced if not Path(p).is_file()]
     assert len(synced) == len(set(synced))
     assert set(synced) == {d for r in receipts for d in r.pending}
     assert synced.index(str(storage.root / "s/a")) < synced.index(str(storage.root / "s"))
@@ -202,3 +207,27 @@ def test_sync_reports_a_vanished_directory(storage: FilesystemStorage) -> None:
     receipt = CommitReceipt(key="gone/x", pending=(str(storage.root / "gone"),))
     with pytest.raises(OSError):
         storage.sync([receipt])
+
+
+def test_syncfs_mode_makes_a_batch_durable_with_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hilum.storage import filesystem
+
+    storage = FilesystemStorage(tmp_path / "storage")
+    if storage.sync_mode != "syncfs":
+        pytest.skip("no syncfs(2) on this platform")
+    calls: list[int] = []
+    real = filesystem._SYNCFS
+    monkeypatch.setattr(filesystem, "_SYNCFS", lambda fd: calls.append(fd) or real(fd))
+    receipts = [storage.commit(stage(storage, bytes([i])), f"s/{i}/x") for i in range(5)]
+    storage.sync(receipts)
+    assert len(calls) == 1
+    storage.sync([])
+    assert len(calls) == 1  # nothing to do, no flush
+    assert all(storage.exists(f"s/{i}/x") for i in range(5))
+
+
+def test_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync_mode"):
+        FilesystemStorage(tmp_path / "storage", sync_mode="maybe")

@@ -1,0 +1,3 @@
+"""Hilum: an open-source PACS."""
+
+__version__ = "0.1.0"

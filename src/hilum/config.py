@@ -63,7 +63,9 @@ class DicomSettings(BaseModel):
     # Receiving processes. Each one runs its own pynetdicom server on the same
     # port (SO_REUSEPORT); 0 means one per CPU core.
     workers: int = Field(default=0, ge=0, le=64)
-    max_pdu_length: int = Field(default=262144, ge=0)
+    max_pdu_length: int = Field(default=131072, ge=0)
+    # Faster pynetdicom acceptor (see dimse/fastpath.py); false = stock pynetdicom.
+    fast_path: bool = True
     check_called_ae_title: bool = True
     # Empty list: any calling AE title may associate. Otherwise only these.
     allowed_calling_ae_titles: list[str] = Field(default_factory=list)

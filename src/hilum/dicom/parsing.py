@@ -8,6 +8,8 @@ sure every top-level element ends inside the file.
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from hilum.domain.attributes import (
     STORED,
@@ -27,6 +31,10 @@ from hilum.domain.attributes import (
 )
 from hilum.domain.errors import IngestFailure, IngestStatus
 
+_STORED_TAGS = {
+    level: [(BaseTag(attr.tag), attr.column, attr.vr) for attr in attrs]
+    for level, attrs in STORED.items()
+}
 _DEFER = 2048  # bytes: larger values are skipped over, not read
 _HASH_CHUNK = 1 << 20
 
@@ -74,17 +82,49 @@ def read_header(path: Path) -> Dataset:
     try:
         with path.open("rb") as handle:
             ds = dcmread(handle, defer_size=_DEFER, force=False)
+            parsed_to = handle.tell()
             size = handle.seek(0, 2)
+        deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
     except InvalidDicomError as exc:
         raise IngestFailure(IngestStatus.NOT_DICOM, f"not a DICOM file: {exc}") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
+    except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError,
+            zlib.error, struct.error) as exc:
         raise IngestFailure(IngestStatus.NOT_DICOM, f"cannot parse DICOM: {exc}") from None
-    _check_complete(ds, size)
+    if parsed_to < size:
+        # pydicom stops early (with only a warning) when e.g. a sequence delimiter is missing.
+        raise IngestFailure(
+            IngestStatus.NOT_DICOM,
+            f"file is truncated or malformed: parsing stopped at byte {parsed_to} of {size}",
+        )
+    # Deflated: value positions are offsets into the inflated data set, not the file.
+    _check_complete(ds, _inflated_size(path) if deflated else size)
     return ds
 
 
+def _inflated_size(path: Path) -> int:
+    """The size of a deflated data set once inflated; IngestFailure if the stream is cut short."""
+    with path.open("rb") as handle:
+        read_preamble(handle, False)
+        _read_file_meta_info(handle)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        size = 0
+        try:
+            while chunk := handle.read(_HASH_CHUNK):
+                while chunk:
+                    size += len(inflater.decompress(chunk, _HASH_CHUNK))
+                    chunk = inflater.unconsumed_tail
+            size += len(inflater.flush())
+        except zlib.error as exc:
+            raise IngestFailure(IngestStatus.NOT_DICOM, f"bad deflated data set: {exc}") from None
+    if not inflater.eof:
+        raise IngestFailure(IngestStatus.NOT_DICOM, "deflated data set is truncated")
+    return size
+
+
 def _check_complete(ds: Dataset, size: int) -> None:
+    last = None
     for tag, element in ds._dict.items():
+        last = element
         if isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF:
             end = element.value_tell + element.length
             if end > size:
@@ -92,6 +132,14 @@ def _check_complete(ds: Dataset, size: int) -> None:
                     IngestStatus.NOT_DICOM,
                     f"file is truncated: element {tag} needs {end} bytes, file has {size}",
                 )
+    # pydicom silently stops at fewer than 8 bytes left: a header cut short.
+    if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
+        end = last.value_tell + last.length
+        if end < size:
+            raise IngestFailure(
+                IngestStatus.NOT_DICOM,
+                f"file is truncated: {size - end} byte(s) after the last element {last.tag}",
+            )
 
 
 def parse_instance(ds: Dataset) -> ParsedInstance:
@@ -131,15 +179,17 @@ def parse_instance(ds: Dataset) -> ParsedInstance:
             raise IngestFailure(IngestStatus.MISSING_ATTRIBUTE, f"{name} {value!r} is not a valid UID")
 
     values: dict[Level, dict[str, Any]] = {}
-    for level, attrs in STORED.items():
+    present = ds._dict
+    for level, attrs in _STORED_TAGS.items():
         row: dict[str, Any] = {}
-        for attr in attrs:
+        for tag, column, vr in attrs:
+            if tag not in present:
+                row[column] = None
+                continue
             try:
-                row[attr.column] = (
-                    _column_value(ds[attr.keyword], attr.vr) if attr.keyword in ds else None
-                )
+                row[column] = _column_value(ds[tag], vr)
             except Exception:  # a malformed optional value is indexed as absent
-                row[attr.column] = None
+                row[column] = None
         values[level] = row
     values[Level.STUDY]["study_instance_uid"] = study_uid
     values[Level.SERIES]["series_instance_uid"] = series_uid

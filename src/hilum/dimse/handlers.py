@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -22,6 +24,7 @@ from pynetdicom.sop_class import (
 )
 
 from hilum.app import Services
+from hilum.dicom.filemeta import file_meta_bytes
 from hilum.dimse.commitment import CommitmentService
 from hilum.dimse.identifiers import (
     PATIENT_ROOT,
@@ -56,6 +59,9 @@ class DimseHandlers:
         self.services = services
         self.ae_title = services.settings.dicom.ae_title
         self.commitment = CommitmentService(services)
+        # C-STORE sub-operations given a file path send its data set bytes as stored
+        # (see _send_files_unchanged), not re-encoded by pydicom.
+        _config.STORE_SEND_CHUNKED_DATASET = True
 
     def bindings(self) -> list[tuple[Any, Any]]:
         return [
@@ -73,8 +79,8 @@ class DimseHandlers:
 
     # -- C-STORE (PS3.4 B) -----------------------------------------------------
     def on_store(self, event: Any) -> Any:
-        staged = event.dataset_path  # STORE_RECV_CHUNKED_DATASET: already in staging
         try:
+            staged = self._staged_file(event)
             result = self.services.ingest.ingest_staged(
                 staged,
                 source=_source(event),
@@ -89,6 +95,25 @@ class DimseHandlers:
         if result.message:
             LOG.warning("C-STORE %s: %s", result.sop_instance_uid, result.message)
         return 0x0000
+
+    def _staged_file(self, event: Any) -> Path:
+        """The received data set as a Part 10 file in the staging area.
+
+        Large data sets were already streamed to a staging file as they arrived
+        (fast path spill, or pynetdicom's chunked mode); small ones are in memory
+        and get written with a hand-built file meta header.
+        """
+        request = event.request
+        path = getattr(request, "_dataset_path", None)
+        if path is not None:
+            return Path(path)
+        header = file_meta_bytes(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+            source_ae_title=event.assoc.requestor.ae_title,
+        )
+        return self.services.ingest.stage_bytes(header, request.DataSet.getbuffer())
 
     # -- C-FIND (PS3.4 C.4.1) ----------------------------------------------------
     def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -131,6 +156,7 @@ class DimseHandlers:
         captured: dict[str, Association] = {}
 
         def _on_accepted(accepted_event: Any) -> None:
+            _send_files_unchanged(accepted_event.assoc)
             captured["assoc"] = accepted_event.assoc
 
         contexts = _contexts_for(instances)
@@ -157,6 +183,7 @@ class DimseHandlers:
             yield _status(0xA900, str(exc)), None
             return
         yield len(instances)
+        _send_files_unchanged(event.assoc)
         accepted = _accepted_syntaxes(event.assoc, scp_role=True)
         for instance in instances:
             if event.is_cancelled:
@@ -173,26 +200,70 @@ class DimseHandlers:
         self, instance: StoredInstance, accepted: dict[str, set[str]]
     ) -> Dataset | None:
         """The stored dataset, in a transfer syntax the peer accepted (decompressed if need be)."""
-        with self.services.storage.open(instance.storage_key) as handle:
-            ds = dcmread(handle)
         syntaxes = accepted.get(instance.sop_class_uid, set())
         stored_ts = instance.transfer_syntax_uid
+        if stored_ts in syntaxes:
+            unchanged = self._stored_file(instance)
+            if unchanged is not None:
+                return unchanged
+        with self.services.storage.open(instance.storage_key) as handle:
+            ds = dcmread(handle)
         if stored_ts in syntaxes or not syntaxes:
             return ds
         if UID(stored_ts).is_compressed and syntaxes & {str(u) for u in _UNCOMPRESSED}:
             try:
-                ds.decompress()
+                # -> Explicit VR Little Endian; the same instance, so the same UID
+                # (pydicom would generate a new SOP Instance UID by default)
+                ds.decompress(generate_instance_uid=False)
             except Exception as exc:  # no decoder for this syntax: let the sub-op fail
                 LOG.warning("cannot decompress %s: %s", instance.sop_instance_uid, exc)
                 return ds
-            ds.file_meta.TransferSyntaxUID = _uncompressed_choice(syntaxes)
-        elif not UID(stored_ts).is_compressed:
-            ds.file_meta.TransferSyntaxUID = _uncompressed_choice(syntaxes)
+        # The file meta keeps naming the data set's real encoding: pynetdicom converts
+        # to the uncompressed syntax the peer accepted (relabelling it fails the send).
+        return ds
+
+    def _stored_file(self, instance: StoredInstance) -> Dataset | None:
+        """A stand-in that makes the sub-operation send the stored file's data set as is.
+
+        Re-encoding with pydicom is not byte-preserving (group lengths dropped,
+        UN values converted) and fails on some valid files.
+        """
+        path = self.services.storage.local_path(instance.storage_key)
+        if path is None:
+            return None
+        try:
+            meta = read_file_meta_info(path)
+        except Exception:
+            return None
+        if (
+            str(meta.get("MediaStorageSOPClassUID", "")) != instance.sop_class_uid
+            or str(meta.get("MediaStorageSOPInstanceUID", "")) != instance.sop_instance_uid
+            or str(meta.get("TransferSyntaxUID", "")) != instance.transfer_syntax_uid
+        ):
+            return None
+        ds = Dataset()
+        ds.SOPClassUID = instance.sop_class_uid
+        ds.SOPInstanceUID = instance.sop_instance_uid
+        ds.hilum_stored_path = path
         return ds
 
 
-def _uncompressed_choice(syntaxes: set[str]) -> UID:
-    return ExplicitVRLittleEndian if ExplicitVRLittleEndian in syntaxes else ImplicitVRLittleEndian
+def _send_files_unchanged(assoc: Association) -> None:
+    """Make ``assoc`` send a :meth:`DimseHandlers._stored_file` stand-in from its file.
+
+    pynetdicom's C-GET/C-MOVE only pass Datasets to ``send_c_store``, which
+    itself sends a file path's data set bytes untouched (STORE_SEND_CHUNKED_DATASET).
+    """
+    if getattr(assoc, "_hilum_sends_files", False):
+        return
+    send = assoc.send_c_store
+
+    def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        path = getattr(dataset, "hilum_stored_path", None)
+        return send(path if path is not None else dataset, *args, **kwargs)
+
+    assoc.send_c_store = send_c_store  # type: ignore[method-assign]
+    assoc._hilum_sends_files = True  # type: ignore[attr-defined]
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[Any]:
@@ -216,7 +287,8 @@ def _accepted_syntaxes(assoc: Association | None, *, scp_role: bool) -> dict[str
     if assoc is None:
         return accepted
     for cx in assoc.accepted_contexts:
-        if scp_role and cx.as_scp is False:
+        # C-GET: the peer is the storage SCP, so Hilum needs contexts where it is SCU
+        if scp_role and cx.as_scu is False:
             continue
         accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
     return accepted

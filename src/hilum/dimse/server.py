@@ -34,6 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from hilum.app import Services, build_services
 from hilum.config import Settings
+from hilum.dimse.fastpath import FastRequestHandler, set_staging_dir
 from hilum.dimse.handlers import DimseHandlers
 from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
 
@@ -47,6 +48,13 @@ QUERY_RETRIEVE_MODELS = (
     StudyRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
 )
+
+
+_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "16777216",
+    "MALLOC_TRIM_THRESHOLD_": "134217728",
+    "MALLOC_TOP_PAD_": "16777216",
+}
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -88,9 +96,17 @@ def build_ae(services: Services) -> AE:
 
 
 def configure_receiving(services: Services) -> None:
-    """Received C-STORE data sets go straight to a file in the staging area."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(services.storage.staging_dir())
+    """Where received C-STORE data sets go: memory up to a bound, then staging files.
+
+    With the fast path (default) small data sets stay in memory and large ones
+    spill to staging as they arrive; without it, pynetdicom's chunked mode
+    writes every data set to a staging file.
+    """
+    staging = services.storage.staging_dir()
+    tempfile.tempdir = str(staging)
+    set_staging_dir(staging)
+    _config.STORE_RECV_CHUNKED_DATASET = not services.settings.dicom.fast_path
+    _config.LOG_HANDLER_LEVEL = "none"
     apply_pynetdicom_tuning()
 
 
@@ -106,7 +122,10 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
     handlers = DimseHandlers(services)
     address = (settings.dicom.host, settings.dicom.port)
     server = ae.make_server(
-        address, evt_handlers=handlers.bindings(), server_class=ReusePortServer  # type: ignore[arg-type]
+        address,
+        evt_handlers=handlers.bindings(),  # type: ignore[arg-type]
+        server_class=ReusePortServer,
+        request_handler=FastRequestHandler if settings.dicom.fast_path else None,
     )
     ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
     stop = threading.Event()
@@ -156,6 +175,10 @@ class DimseServer:
         self._stopping = False
 
     def start(self, timeout: float = 60) -> None:
+        # glibc would otherwise mmap/munmap every >=128 KiB PDU buffer: constant
+        # page faults (measured +20-40% throughput without). Read at process start.
+        for name, value in _MALLOC_ENV.items():
+            os.environ.setdefault(name, value)
         data = self.settings.model_dump(mode="json")
         count = self.settings.dicom_workers()
         events = []

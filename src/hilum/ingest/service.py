@@ -77,6 +77,22 @@ class IngestService:
         fd, name = tempfile.mkstemp(suffix=".part", dir=self.storage.staging_dir())
         return fd, Path(name)
 
+    def stage_bytes(self, *parts: bytes | memoryview) -> Path:
+        """Write ``parts`` to a new staging file (no fsync: the batch sync covers it)."""
+        fd, staged = self.new_staging_file()
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+        except BaseException:
+            os.close(fd)
+            staged.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return staged
+
     def stage_copy(self, source: Path) -> Path:
         """Copy a file from outside (import) into staging; the original is untouched."""
         fd, staged = self.new_staging_file()
