@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ class IndexWriter:
         self._queue: queue.Queue[IndexWrite | None] = queue.Queue()
         self._on_committed = on_committed
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage-sync")
         self._started = False
         self._lock = threading.Lock()
         self.batches = 0
@@ -136,21 +137,37 @@ class IndexWriter:
                 return
 
     def _process(self, batch: list[IndexWrite]) -> None:
+        # The storage sync (an I/O wait) runs while the rows are written (CPU);
+        # the transaction commits only once the sync has succeeded.
+        sync = self._sync_pool.submit(self.storage.sync, [w.receipt for w in batch])
+
+        def wait_for_sync() -> None:
+            try:
+                sync.result()
+            except OSError as exc:
+                raise _SyncFailed(exc) from exc
+
         try:
-            self.storage.sync([w.receipt for w in batch])
-        except OSError as exc:
+            outcomes = self._transaction(batch, before_commit=wait_for_sync)
+        except _SyncFailed as failed:
             for write in batch:
-                self._fail(write, IngestStatus.OUT_OF_RESOURCES, f"cannot sync storage: {exc}")
+                self._fail(
+                    write, IngestStatus.OUT_OF_RESOURCES, f"cannot sync storage: {failed.__cause__}"
+                )
             return
-        try:
-            outcomes = self._transaction(batch)
         except Exception as exc:  # retry one by one to isolate the culprit
             if len(batch) > 1:
                 LOG.debug("batch of %d failed (%s); retrying singly", len(batch), exc)
             outcomes = []
             for write in batch:
                 try:
-                    outcomes.extend(self._transaction([write]))
+                    outcomes.extend(self._transaction([write], before_commit=wait_for_sync))
+                except _SyncFailed as failed:
+                    self._fail(
+                        write,
+                        IngestStatus.OUT_OF_RESOURCES,
+                        f"cannot sync storage: {failed.__cause__}",
+                    )
                 except IngestFailure as failure:
                     self._fail(write, failure.status, failure.message)
                 except Exception as single_exc:
@@ -178,7 +195,9 @@ class IndexWriter:
             LOG.warning("could not remove refused file %s", write.storage_key)
         write.future.set_exception(IngestFailure(status, message))
 
-    def _transaction(self, batch: list[IndexWrite]) -> list[tuple[IndexWrite, WriteOutcome]]:
+    def _transaction(
+        self, batch: list[IndexWrite], before_commit: Callable[[], None] | None = None
+    ) -> list[tuple[IndexWrite, WriteOutcome]]:
         for attempt in range(8):
             try:
                 with self.engine.connect() as conn:
@@ -188,6 +207,8 @@ class IndexWriter:
                             touched: set[int] = set()
                             results = [(w, apply_write(conn, w, touched)) for w in batch]
                             recount(conn, studies=touched)
+                            if before_commit is not None:
+                                before_commit()
                     finally:
                         conn.info.pop("sqlite_begin", None)
                 return results
@@ -200,6 +221,10 @@ class IndexWriter:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+
+class _SyncFailed(Exception):
+    """The storage area could not make a batch durable: nothing may be indexed."""
 
 
 def _retryable(exc: DBAPIError) -> bool:
