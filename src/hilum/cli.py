@@ -122,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hilum.app import prepare
     from hilum.dimse.server import DimseServer
     from hilum.logging import configure_logging
+    from hilum.web.server import HttpServer
 
     settings = _settings(
         args,
@@ -131,11 +132,18 @@ def _serve(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.log_level)
     prepare(settings)
+    http = HttpServer(settings)
+    http.start()
     dimse = DimseServer(settings)
-    dimse.start()
+    try:
+        dimse.start()
+    except RuntimeError:
+        http.stop()
+        raise
     console.print(
         f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port} "
-        f"({settings.dicom_workers()} receiving processes), data in {settings.data_dir.resolve()}"
+        f"({settings.dicom_workers()} receiving processes), HTTP on "
+        f"http://{settings.http.host}:{settings.http.port}, data in {settings.data_dir.resolve()}"
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         dimse.supervise(stop)
     finally:
         dimse.stop()
+        http.stop()
     return 0
 
 

@@ -1,0 +1,46 @@
+"""Runs the HTTP application with uvicorn in a thread of the main process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+from hilum.config import Settings
+from hilum.domain.errors import HilumError
+from hilum.index.database import make_engine
+from hilum.web.app import create_app
+
+
+class HttpServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.index_url, pool_size=4)
+        config = uvicorn.Config(
+            create_app(settings, self.engine),
+            host=settings.http.host,
+            port=settings.http.port,
+            log_level="warning",
+            access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+
+    def start(self, timeout: float = 30) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise HilumError(
+                    f"HTTP server could not listen on {self.settings.http.host}:"
+                    f"{self.settings.http.port} (port in use?)"
+                )
+            if time.monotonic() > deadline:
+                raise HilumError("HTTP server did not start in time")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.engine.dispose()
