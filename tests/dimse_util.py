@@ -19,7 +19,14 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_role, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    build_role,
+    evt,
+)
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -333,3 +340,34 @@ def findscu(server: RunningServer, *keys: str, root: str = "-S") -> list[dict[st
             values[match["keyword"]] = (match["value"] or "").strip()
         responses.append(values)
     return responses
+
+
+class PynetdicomStoreScp:
+    """A pynetdicom storage SCP (every storage class and syntax) that keeps the wire bytes."""
+
+    def __init__(self, ae_title: str = "PYSCP") -> None:
+        self.ae_title = ae_title
+        self.port = free_port()
+        # SOP Instance UID -> (transfer syntax, encoded data set as received)
+        self.received: dict[str, tuple[str, bytes]] = {}
+        ae = AE(ae_title=ae_title)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+
+    def _on_store(self, event: Any) -> int:
+        self.received[str(event.request.AffectedSOPInstanceUID)] = (
+            str(event.context.transfer_syntax), event.encoded_dataset(include_meta=False)
+        )
+        return 0x0000
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+    def __enter__(self) -> PynetdicomStoreScp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -25,9 +25,11 @@ from conftest import RunningServer, free_port
 from dimse_util import (
     UNCOMPRESSED,
     GetSession,
+    PynetdicomStoreScp,
     associate,
     c_get,
     chunked_send,
+    dataset_bytes,
     dcmtk,
     dcmtk_storescp,
     identifier,
@@ -108,7 +110,8 @@ def test_move_and_get_with_dcmtk_and_pynetdicom(server: RunningServer, tmp_path:
     series_uids = sorted({dcmread(p, stop_before_pixels=True).SeriesInstanceUID for p in files})
     before = snapshot(server.settings)
 
-    with dcmtk_storescp(tmp_path / "all", "ALLSCP", "+xa") as dest, \
+    # ALLSCP writes what it receives bit-preserving (-B): moved data sets must be the originals
+    with dcmtk_storescp(tmp_path / "all", "ALLSCP", "+xa", "-B") as dest, \
             dcmtk_storescp(tmp_path / "plain", "PLAINSCP", "+xe") as plain:
         server.hilum("ae", "add", "all", dest.ae_title, "127.0.0.1", str(dest.port))
         server.hilum("ae", "add", "plain", plain.ae_title, "127.0.0.1", str(plain.port))
@@ -117,7 +120,9 @@ def test_move_and_get_with_dcmtk_and_pynetdicom(server: RunningServer, tmp_path:
         _movescu(server, "ALLSCP", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={spec.study_uid}")
         received = dest.received()
         assert sorted(p.name.split(".", 1)[1] for p in received) == sorted(p.stem for p in files)
+        by_uid = {p.stem: p for p in files}
         for path in received:
+            assert dataset_bytes(path) == dataset_bytes(by_uid[path.name.split(".", 1)[1]])
             path.unlink()
         _movescu(server, "ALLSCP", "QueryRetrieveLevel=SERIES",
                  f"StudyInstanceUID={spec.study_uid}", f"SeriesInstanceUID={series_uids[0]}")
@@ -150,10 +155,20 @@ def test_move_and_get_with_dcmtk_and_pynetdicom(server: RunningServer, tmp_path:
         # ... and to a peer that accepts them as stored: unchanged
         for original in originals.values():
             assert int(_move(server, "ALLSCP", _image(original)).Status) == 0x0000
-        kept = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, dest.received())}
+        kept = {p.name.split(".", 1)[1]: dcmread(p) for p in dest.received()}
         for uid, original in originals.items():
             assert kept[uid].file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
             assert kept[uid].PixelData == original.PixelData
+        # byte for byte (storescp -B still rewrites OW to OB for encapsulated Pixel Data, so
+        # the wire bytes are taken at a pynetdicom SCP)
+        with PynetdicomStoreScp("PYDEST") as pydest:
+            server.hilum("ae", "add", "pydest", pydest.ae_title, "127.0.0.1", str(pydest.port))
+            for original in originals.values():
+                assert int(_move(server, "PYDEST", _image(original)).Status) == 0x0000
+            for uid, original in originals.items():
+                assert pydest.received[uid] == (
+                    original.file_meta.TransferSyntaxUID, dataset_bytes(Path(original.filename))
+                )
 
     # -- getscu (DCMTK), STUDY level; it accepts uncompressed syntaxes only ------------------
     got = tmp_path / "getscu"
