@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 import pydicom.config
-from pynetdicom import transport
+from pynetdicom import _config, transport
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
@@ -51,6 +51,10 @@ def apply_pynetdicom_tuning() -> None:
     AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    # pynetdicom formats every C-FIND/MOVE/GET identifier for its INFO log,
+    # whether or not anything logs at INFO.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def _copy_contexts(value: Any, memo: Any = None) -> Any:
