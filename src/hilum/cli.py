@@ -137,7 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
     dimse = DimseServer(settings)
     try:
         dimse.start()
-    except RuntimeError:
+    except BaseException:
         http.stop()
         raise
     console.print(

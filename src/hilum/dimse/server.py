@@ -1,4 +1,4 @@
-"""The DIMSE server: N receiving processes on one port (SO_REUSEPORT).
+"""The DIMSE server: N receiving processes accepting on one shared listening socket.
 
 Each worker process runs its own pynetdicom acceptor with its own index
 writer (group commit) so C-STORE throughput scales past one core and the
@@ -37,6 +37,7 @@ from hilum.config import Settings
 from hilum.dimse.fastpath import FastRequestHandler, set_staging_dir
 from hilum.dimse.handlers import DimseHandlers
 from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
+from hilum.domain.errors import HilumError
 
 LOG = logging.getLogger(__name__)
 
@@ -57,18 +58,47 @@ _MALLOC_ENV = {
 }
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded acceptor, bindable by several processes at once."""
+_inherited: dict[str, socket.socket] = {}
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """pynetdicom's threaded acceptor on a listening socket made by `hilum serve`.
+
+    Every receiving process accepts from the same socket, so the kernel hands
+    each new association to whichever process is waiting: better balanced than
+    SO_REUSEPORT, which hashes connections to processes up front.
+    """
 
     def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        listening = _inherited["socket"]
+        if self.socket is not None and self.socket is not listening:
+            self.socket.close()
+        self.socket = listening
+        if self.ae.network_timeout is not None:
+            listening.settimeout(self.ae.network_timeout)
+        self.server_address = listening.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # already listening
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
         set_nodelay(client)
         return client, address
+
+
+def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """The DICOM listening socket, created once before the workers start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise HilumError(f"cannot listen for DICOM on {host}:{port}: {exc.strerror}") from None
+    sock.listen(backlog)
+    return sock
 
 
 def build_ae(services: Services) -> AE:
@@ -110,9 +140,12 @@ def configure_receiving(services: Services) -> None:
     apply_pynetdicom_tuning()
 
 
-def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None) -> None:
+def run_worker(
+    settings_data: dict[str, Any], index: int, ready: MpEvent | None, listening: socket.socket
+) -> None:
     """Entry point of one receiving process."""
     settings = Settings(**settings_data)
+    _inherited["socket"] = listening
     from hilum.logging import configure_logging
 
     configure_logging(settings.log_level, prefix=f"dimse-{index}")
@@ -124,7 +157,7 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
     server = ae.make_server(
         address,
         evt_handlers=handlers.bindings(),  # type: ignore[arg-type]
-        server_class=ReusePortServer,
+        server_class=SharedSocketServer,
         request_handler=FastRequestHandler if settings.dicom.fast_path else None,
     )
     ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
@@ -147,7 +180,7 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None)
 
 
 def _exit_with_parent(stop: threading.Event) -> None:
-    """A worker must never outlive `hilum serve` (it would keep the port via SO_REUSEPORT)."""
+    """A worker must never outlive `hilum serve` (it would keep accepting on the port)."""
     parent = os.getppid()
     try:  # Linux: the kernel sends SIGTERM when the parent dies
         import ctypes
@@ -173,6 +206,7 @@ class DimseServer:
         self._ctx = mp.get_context("spawn")
         self._procs: list[Any] = []
         self._stopping = False
+        self._socket: socket.socket | None = None
 
     def start(self, timeout: float = 60) -> None:
         # glibc would otherwise mmap/munmap every >=128 KiB PDU buffer: constant
@@ -181,11 +215,14 @@ class DimseServer:
             os.environ.setdefault(name, value)
         data = self.settings.model_dump(mode="json")
         count = self.settings.dicom_workers()
+        self._socket = listen(self.settings.dicom.host, self.settings.dicom.port)
         events = []
         for index in range(count):
             ready = self._ctx.Event()
             proc = self._ctx.Process(
-                target=run_worker, args=(data, index, ready), name=f"hilum-dimse-{index}"
+                target=run_worker,
+                args=(data, index, ready, self._socket),
+                name=f"hilum-dimse-{index}",
             )
             proc.start()
             self._procs.append(proc)
@@ -195,12 +232,10 @@ class DimseServer:
             while not ready.wait(0.2):
                 if not proc.is_alive():
                     self.stop()
-                    raise RuntimeError(
-                        f"DIMSE worker failed to start (port {self.settings.dicom.port} in use?)"
-                    )
+                    raise HilumError(f"DIMSE worker {proc.name} failed to start")
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("DIMSE workers did not start in time")
+                    raise HilumError("DIMSE workers did not start in time")
 
     def supervise(self, stop: threading.Event) -> None:
         data = self.settings.model_dump(mode="json")
@@ -209,7 +244,9 @@ class DimseServer:
                 if not proc.is_alive() and not self._stopping:
                     LOG.error("DIMSE worker %d exited (%s); restarting", i, proc.exitcode)
                     new = self._ctx.Process(
-                        target=run_worker, args=(data, i, None), name=f"hilum-dimse-{i}"
+                        target=run_worker,
+                        args=(data, i, None, self._socket),
+                        name=f"hilum-dimse-{i}",
                     )
                     new.start()
                     self._procs[i] = new
@@ -224,3 +261,6 @@ class DimseServer:
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGKILL)
         self._procs.clear()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
