@@ -8,7 +8,6 @@ removed at start-up. A refused instance leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -28,6 +27,7 @@ from hilum.domain.errors import IngestFailure, IngestStatus
 from hilum.index import writer as writer_module
 from hilum.index.database import make_engine
 from hilum.index.models import Change, Instance, Patient, Series, Study
+from hilum.ingest.service import content_sha256
 from hilum.storage.filesystem import FilesystemStorage
 
 SLICES = 100
@@ -97,7 +97,7 @@ def check_index_against_storage(settings: Settings) -> set[str]:
         assert storage.exists(key), f"{uid}: no file for key {key}"
         data = b"".join(storage.open_range(key, 0, size + 1))
         assert len(data) == size, f"{uid}: size {len(data)} != {size}"
-        assert hashlib.sha256(data).hexdigest() == sha256, f"{uid}: content differs"
+        assert content_sha256(data) == sha256, f"{uid}: content differs"
     assert sum(per_series) == len(rows)  # the aggregates were committed with the rows
     return {uid for uid, *_ in rows}
 

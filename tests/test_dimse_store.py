@@ -122,7 +122,7 @@ def test_storescu_series_counts_duplicates_and_patient_conflict(
         "FROM patient_conflicts ORDER BY id",
     )
     assert {(c.attribute, c.stored_value, c.received_value) for c in conflicts} == {
-        ("patient_name", "DOE^JANE", "DOE^JOHN")
+        ("PatientName", "DOE^JANE", "DOE^JOHN")
     }
     assert sorted(c.sop_instance_uid for c in conflicts) == sorted(p.stem for p in other_files)
     assert {c.study_instance_uid for c in conflicts} == {other.study_uid}

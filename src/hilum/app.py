@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from hilum.config import RemoteAE, Settings
+from hilum.domain.errors import HilumError
 from hilum.domain.events import EventBus
 from hilum.index.database import make_engine, upgrade
 from hilum.index.nodes import RemoteNodes
@@ -35,13 +39,37 @@ class Services:
         self.engine.dispose()
 
 
-def prepare(settings: Settings) -> None:
-    """One-time start-up work, before any worker starts: dirs, schema, recovery."""
+class DataDirLock:
+    """Only one `hilum serve` may own a data directory (it sweeps staging at start)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "hilum.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise HilumError(
+                f"another 'hilum serve' is already using {data_dir.resolve()}"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def prepare(settings: Settings, *, recover: bool = False) -> None:
+    """One-time start-up work: directories and schema; with ``recover`` (only
+    `hilum serve`, holding the DataDirLock), remove interrupted transfers."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     storage = FilesystemStorage(settings.storage_dir)
-    removed = storage.recover()
-    if removed:
-        LOG.warning("removed %d interrupted transfer(s) from staging", removed)
+    if recover:
+        removed = storage.recover()
+        if removed:
+            LOG.warning("removed %d interrupted transfer(s) from staging", removed)
     engine = make_engine(settings.index_url, pool_size=2)
     try:
         upgrade(engine)

@@ -15,6 +15,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from hilum.config import ConfigError, RemoteAE, Settings, load_settings
 from hilum.domain.errors import HilumError
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ae-title", help="this server's AE title")
     serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8042)")
-    serve.add_argument("--host", help="address to listen on (DICOM and HTTP)")
+    serve.add_argument(
+        "--host", help="address to listen on for DICOM (HTTP: the http.host setting)"
+    )
     serve.add_argument("--workers", type=int, help="DICOM receiving processes (0 = per core)")
 
     ae = sub.add_parser("ae", help="manage known remote AEs")
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", default="STUDY", choices=["STUDY", "PATIENT"],
                        help="query/retrieve information model")
         p.add_argument("-k", "--key", action="append", default=[], metavar="Keyword=Value",
-                       help="matching/return key, e.g. -k PatientID=123 -k StudyDate=2024-")
+                       help="matching/return key, e.g. -k PatientID=123 -k StudyDate=20240101-")
         if name == "get":
             p.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder")
     return parser
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except HilumError as exc:
         err.print(f"[red]error[/red]: {exc}")
         return 1
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        err.print(f"[red]database error[/red]: {reason}")
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -119,7 +126,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hilum.app import prepare
+    from hilum.app import DataDirLock, prepare
     from hilum.dimse.server import DimseServer
     from hilum.logging import configure_logging
     from hilum.web.server import HttpServer
@@ -128,10 +135,11 @@ def _serve(args: argparse.Namespace) -> int:
         args,
         dicom={"ae_title": args.ae_title, "port": args.dicom_port, "host": args.host,
                "workers": args.workers},
-        http={"port": args.http_port, "host": args.host},
+        http={"port": args.http_port},
     )
     configure_logging(settings.log_level)
-    prepare(settings)
+    lock = DataDirLock(settings.data_dir)
+    prepare(settings, recover=True)
     http = HttpServer(settings)
     http.start()
     dimse = DimseServer(settings)
@@ -153,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         dimse.stop()
         http.stop()
+        lock.release()
     return 0
 
 

@@ -59,7 +59,7 @@ class DicomSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ae_title: str = "HILUM"
     host: str = "0.0.0.0"
-    port: int = Field(default=11112, ge=0, le=65535)
+    port: int = Field(default=11112, ge=1, le=65535)
     # Receiving processes. Each one runs its own pynetdicom server on the same
     # port (SO_REUSEPORT); 0 means one per CPU core.
     workers: int = Field(default=0, ge=0, le=64)
@@ -86,7 +86,7 @@ class DicomSettings(BaseModel):
 class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
-    port: int = Field(default=8042, ge=0, le=65535)
+    port: int = Field(default=8042, ge=1, le=65535)
 
 
 class Settings(BaseSettings):

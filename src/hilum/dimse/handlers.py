@@ -150,7 +150,10 @@ class DimseHandlers:
         try:
             instances = self._instances(event)
         except InvalidQuery as exc:
+            # pynetdicom wants the destination and a sub-operation count before
+            # a status; one "sub-operation" that fails carries the 0xA900.
             yield destination.host, destination.port
+            yield 1
             yield _status(0xA900, str(exc)), None
             return
         captured: dict[str, Association] = {}
@@ -179,7 +182,7 @@ class DimseHandlers:
         try:
             instances = self._instances(event)
         except InvalidQuery as exc:
-            yield 0
+            yield 1  # see on_move: a count must come before the failure status
             yield _status(0xA900, str(exc)), None
             return
         yield len(instances)

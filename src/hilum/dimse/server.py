@@ -18,6 +18,13 @@ import time
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
@@ -57,6 +64,31 @@ _MALLOC_ENV = {
     "MALLOC_TOP_PAD_": "16777216",
 }
 
+
+def _syntax_preference() -> list[str]:
+    """Every transfer syntax, in the order Hilum picks one when a context offers several.
+
+    pynetdicom accepts the first of the acceptor's syntaxes that the requestor
+    proposed. Hilum prefers what keeps every pixel: lossless compression, then
+    uncompressed (explicit VR before implicit), and lossy compression only
+    when nothing else is offered.
+    """
+
+    def rank(ts: UID) -> tuple[int, str]:
+        if ts.is_compressed and not ts.is_deflated:
+            lossless = ("Lossless" in ts.name and "Near" not in ts.name) or ts == RLELossless
+            return (0 if lossless else 5, str(ts))
+        order = {
+            DeflatedExplicitVRLittleEndian: 1,
+            ExplicitVRLittleEndian: 2,
+            ImplicitVRLittleEndian: 4,
+        }
+        return (order.get(ts, 3), str(ts))
+
+    return [str(ts) for ts in sorted((UID(t) for t in ALL_TRANSFER_SYNTAXES), key=rank)]
+
+
+STORAGE_SYNTAX_PREFERENCE = _syntax_preference()
 
 _inherited: dict[str, socket.socket] = {}
 
@@ -117,7 +149,7 @@ def build_ae(services: Services) -> AE:
     # scu_role/scp_role so C-GET requestors can take the SCP role (PS3.7 D.3.3.4).
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(
-            str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            str(cx.abstract_syntax), STORAGE_SYNTAX_PREFERENCE, scu_role=True, scp_role=True
         )
     for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)

@@ -14,9 +14,6 @@ class IngestStatus(Enum):
     STORED = (0x0000, 200, "stored")
     ALREADY_STORED = (0x0000, 200, "already stored")
     REPLACED = (0x0000, 200, "replaced")
-    # Warning: stored, but the Affected SOP Instance UID of the request and
-    # the dataset disagreed (PS3.4 B.2.3: coercion of data elements).
-    STORED_WITH_WARNING = (0xB000, 202, "stored with warning")
     DUPLICATE_REJECTED = (0xA900, 409, "a different instance with this SOP Instance UID is stored")
     MISSING_ATTRIBUTE = (0xA900, 400, "data set does not match SOP class")
     NOT_DICOM = (0xC000, 400, "cannot understand")

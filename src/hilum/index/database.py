@@ -39,6 +39,8 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself (below) instead of pysqlite.
         dbapi_connection.isolation_level = None
+        # SQLite's upper() folds ASCII only; person names are matched on upper().
+        dbapi_connection.create_function("upper", 1, _upper, deterministic=True)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed transaction survives power loss (PS: ingest acks
@@ -57,6 +59,10 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         mode = conn.info.get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

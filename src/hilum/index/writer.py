@@ -42,7 +42,12 @@ from hilum.storage.base import CommitReceipt, StorageArea
 LOG = logging.getLogger(__name__)
 
 
-_PATIENT_CHECKED = ("patient_name", "patient_birth_date", "patient_sex")
+# Patient attributes compared with the stored patient: column -> DICOM keyword.
+_PATIENT_CHECKED = {
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+}
 MAX_BATCH = 128
 
 
@@ -155,9 +160,7 @@ class IndexWriter:
             outcomes = self._transaction(batch, before_commit=wait_for_sync)
         except _SyncFailed as failed:
             for write in batch:
-                self._fail(
-                    write, IngestStatus.OUT_OF_RESOURCES, f"cannot sync storage: {failed.__cause__}"
-                )
+                self._fail(write, IngestStatus.OUT_OF_RESOURCES, f"cannot sync storage: {failed.__cause__}")
             return
         except Exception as exc:  # retry one by one to isolate the culprit
             if len(batch) > 1:
@@ -271,21 +274,22 @@ class _Statements:
             instances_t.c.id, instances_t.c.sha256, instances_t.c.storage_key
         ).where(instances_t.c.sop_instance_uid == bindparam("uid"))
         self.delete_instance = delete(instances_t).where(instances_t.c.id == bindparam("pk"))
-        self.select_patient = select(
-            patients_t.c.id, *(patients_t.c[c] for c in _PATIENT_CHECKED)
-        ).where(patients_t.c.patient_key == bindparam("key"))
-        self.insert_patient = insert_for(patients_t).on_conflict_do_nothing(
-            index_elements=["patient_key"]
+        patient_columns = (
+            patients_t.c.id,
+            patients_t.c.patient_key,
+            patients_t.c.patient_id,
+            *(patients_t.c[c] for c in _PATIENT_CHECKED),
         )
+        self.select_patient = select(*patient_columns).where(patients_t.c.patient_key == bindparam("key"))
+        self.select_patient_by_pk = select(*patient_columns).where(patients_t.c.id == bindparam("pk"))
+        self.insert_patient = insert_for(patients_t).on_conflict_do_nothing(index_elements=["patient_key"])
         self.select_study = select(studies_t.c.id, studies_t.c.patient_pk).where(
             studies_t.c.study_instance_uid == bindparam("uid")
         )
         self.insert_study = insert_for(studies_t).on_conflict_do_nothing(
             index_elements=["study_instance_uid"]
         )
-        self.select_series = select(series_t.c.id).where(
-            series_t.c.series_instance_uid == bindparam("uid")
-        )
+        self.select_series = select(series_t.c.id).where(series_t.c.series_instance_uid == bindparam("uid"))
         self.insert_series = insert_for(series_t).on_conflict_do_nothing(
             index_elements=["series_instance_uid"]
         )
@@ -327,9 +331,7 @@ class _Statements:
                 updated_at=func.now(),
             )
         )
-        self.study_patients = select(studies_t.c.patient_pk).where(
-            studies_t.c.id == bindparam("pk")
-        )
+        self.study_patients = select(studies_t.c.patient_pk).where(studies_t.c.id == bindparam("pk"))
         self.patient_totals = select(
             func.count(studies_t.c.id),
             func.coalesce(func.sum(studies_t.c.num_series), 0),
@@ -388,36 +390,33 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
         outcome.status = IngestStatus.REPLACED
         outcome.obsolete_keys.append(existing.storage_key)
 
-    # Patient
+    # Study first: an existing study stays with the patient it is filed under.
     key = patient_key(parsed.patient)
-    patient_row = conn.execute(q.select_patient, {"key": key}).first()
-    if patient_row is None:
-        patient_values = dict(parsed.patient)
-        patient_values["patient_key"] = key
-        patient_values["patient_name_key"] = person_name_key(
-            patient_values.get("patient_name") or ""
-        )
-        conn.execute(q.insert_patient, patient_values)
-        patient_row = conn.execute(q.select_patient, {"key": key}).one()
-    for column in _PATIENT_CHECKED:
-        stored, received = getattr(patient_row, column), parsed.patient.get(column)
-        if stored and received and stored != received:
-            outcome.conflicts.append(column)
-            conn.execute(
-                q.insert_conflict,
-                {
-                    "patient_pk": patient_row.id,
-                    "sop_instance_uid": parsed.sop_instance_uid,
-                    "study_instance_uid": parsed.study_instance_uid,
-                    "attribute": column,
-                    "stored_value": stored,
-                    "received_value": received,
-                },
-            )
-
-    # Study
     study_row = conn.execute(q.select_study, {"uid": parsed.study_instance_uid}).first()
-    if study_row is None:
+    if study_row is not None:
+        patient_row = conn.execute(q.select_patient_by_pk, {"pk": study_row.patient_pk}).one()
+        if patient_row.patient_key != key:
+            # The instance names another patient than its study: flag it for QC.
+            _conflict(
+                conn,
+                q,
+                outcome,
+                parsed,
+                patient_row.id,
+                "PatientID",
+                patient_row.patient_id,
+                parsed.patient.get("patient_id") or "",
+            )
+    else:
+        found = conn.execute(q.select_patient, {"key": key}).first()
+        if found is not None:
+            patient_row = found
+        else:
+            patient_values = dict(parsed.patient)
+            patient_values["patient_key"] = key
+            patient_values["patient_name_key"] = person_name_key(patient_values.get("patient_name") or "")
+            conn.execute(q.insert_patient, patient_values)
+            patient_row = conn.execute(q.select_patient, {"key": key}).one()
         study_values = dict(parsed.study)
         study_values["patient_pk"] = patient_row.id
         study_values["referring_physician_name_key"] = person_name_key(
@@ -426,20 +425,12 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
         conn.execute(q.insert_study, study_values)
         study_row = conn.execute(q.select_study, {"uid": parsed.study_instance_uid}).one()
         outcome.new_study = True
-    if study_row.patient_pk != patient_row.id:
-        # The study is filed under another patient: keep it there, flag for QC.
-        outcome.conflicts.append("patient_key")
-        conn.execute(
-            q.insert_conflict,
-            {
-                "patient_pk": study_row.patient_pk,
-                "sop_instance_uid": parsed.sop_instance_uid,
-                "study_instance_uid": parsed.study_instance_uid,
-                "attribute": "PatientID",
-                "stored_value": str(study_row.patient_pk),
-                "received_value": key.replace("\x1f", "^").replace("\x1e", ""),
-            },
-        )
+    if patient_row.patient_key == key:
+        # Same patient, different demographics: keep the stored ones, flag for QC.
+        for column, keyword in _PATIENT_CHECKED.items():
+            stored, received = getattr(patient_row, column), parsed.patient.get(column)
+            if stored and received and stored != received:
+                _conflict(conn, q, outcome, parsed, patient_row.id, keyword, stored, received)
     if touched is not None:
         touched.add(study_row.id)
 
@@ -473,6 +464,30 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
         },
     )
     return outcome
+
+
+def _conflict(
+    conn: Connection,
+    q: _Statements,
+    outcome: WriteOutcome,
+    parsed: ParsedInstance,
+    patient_pk: int,
+    keyword: str,
+    stored: str,
+    received: str,
+) -> None:
+    outcome.conflicts.append(keyword)
+    conn.execute(
+        q.insert_conflict,
+        {
+            "patient_pk": patient_pk,
+            "sop_instance_uid": parsed.sop_instance_uid,
+            "study_instance_uid": parsed.study_instance_uid,
+            "attribute": keyword,
+            "stored_value": stored,
+            "received_value": received,
+        },
+    )
 
 
 def recount(conn: Connection, *, studies: set[int]) -> None:

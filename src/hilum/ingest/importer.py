@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
+from hilum.config import DuplicatePolicy
 from hilum.domain.errors import IngestFailure, IngestStatus
 from hilum.ingest.service import IngestService
 
@@ -149,7 +150,9 @@ class Importer:
                     uid = str(header.get("SOPInstanceUID", "") or "")
                 except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError):
                     uid = ""
-            if uid and self.ingest.is_stored(uid):
+            # Skipping what is stored makes re-runs cheap; under the replace or
+            # reject policies the write path must see the copy and decide.
+            if uid and self.ingest.duplicate_policy is DuplicatePolicy.IGNORE and self.ingest.is_stored(uid):
                 return "already stored", 0
             staged = self._stage(item)
             size = staged.stat().st_size

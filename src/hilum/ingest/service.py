@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -198,10 +199,32 @@ class IngestService:
 
 
 def _hash(path: Path) -> tuple[str, int]:
+    return content_sha256(path), path.stat().st_size
+
+
+def data_set_offset(head: bytes) -> int:
+    """Where the data set starts in a Part 10 file: after preamble, DICM and group 0002.
+
+    Uses (0002,0000) File Meta Information Group Length; 0 if the header is not
+    the standard one (then the whole file is hashed).
+    """
+    if len(head) >= 144 and head[128:132] == b"DICM" and head[132:140] == b"\x02\x00\x00\x00UL\x04\x00":
+        return 144 + struct.unpack_from("<I", head, 140)[0]
+    return 0
+
+
+def content_sha256(source: Path | bytes) -> str:
+    """SHA-256 of an instance's data set: the file minus its Part 10 header.
+
+    The header is Hilum's or the sender's (it names the sending AE), so two
+    copies of the same instance compare equal whoever sent them.
+    """
+    if isinstance(source, bytes):
+        return hashlib.sha256(source[data_set_offset(source[:144]) :]).hexdigest()
     digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
+    with source.open("rb") as handle:
+        head = handle.read(144)
+        handle.seek(data_set_offset(head))
         while chunk := handle.read(_COPY_CHUNK):
             digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+    return digest.hexdigest()
