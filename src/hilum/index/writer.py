@@ -146,8 +146,8 @@ class IndexWriter:
                 return
 
     def _process(self, batch: list[IndexWrite]) -> None:
-        # The storage sync (an I/O wait) runs while the rows are written (CPU);
-        # the transaction commits only once the sync has succeeded.
+        # Make the files durable first, outside the index write lock: that lock
+        # is shared by every receiving process, so it is held only for the SQL.
         sync = self._sync_pool.submit(self.storage.sync, [w.receipt for w in batch])
 
         def wait_for_sync() -> None:
@@ -157,10 +157,13 @@ class IndexWriter:
                 raise _SyncFailed(exc) from exc
 
         try:
+            wait_for_sync()
             outcomes = self._transaction(batch, before_commit=wait_for_sync)
         except _SyncFailed as failed:
             for write in batch:
-                self._fail(write, IngestStatus.OUT_OF_RESOURCES, f"cannot sync storage: {failed.__cause__}")
+                self._fail(
+                    write, IngestStatus.OUT_OF_RESOURCES, f"cannot sync storage: {failed.__cause__}"
+                )
             return
         except Exception as exc:  # retry one by one to isolate the culprit
             if len(batch) > 1:
