@@ -21,7 +21,7 @@ from hilum.config import ConfigError, RemoteAE, Settings, load_settings
 from hilum.domain.errors import HilumError
 
 console = Console(stderr=False, soft_wrap=True)  # no hard wraps in paths when piped
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -60,8 +60,8 @@ class DicomSettings(BaseModel):
     ae_title: str = "HILUM"
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=1, le=65535)
-    # Receiving processes. Each one runs its own pynetdicom server on the same
-    # port (SO_REUSEPORT); 0 means one per CPU core.
+    # Receiving processes, all accepting on one listening socket; 0 means one
+    # per CPU core.
     workers: int = Field(default=0, ge=0, le=64)
     max_pdu_length: int = Field(default=131072, ge=0)
     # Faster pynetdicom acceptor (see dimse/fastpath.py); false = stock pynetdicom.

@@ -17,10 +17,12 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from hilum.app import Services
@@ -152,7 +154,8 @@ class DimseHandlers:
         except InvalidQuery as exc:
             # pynetdicom wants the destination and a sub-operation count before
             # a status; one "sub-operation" that fails carries the 0xA900.
-            yield destination.host, destination.port
+            verification = build_context(Verification)
+            yield destination.host, destination.port, {"contexts": [verification]}
             yield 1
             yield _status(0xA900, str(exc)), None
             return

@@ -76,7 +76,11 @@ def _syntax_preference() -> list[str]:
 
     def rank(ts: UID) -> tuple[int, str]:
         if ts.is_compressed and not ts.is_deflated:
-            lossless = ("Lossless" in ts.name and "Near" not in ts.name) or ts == RLELossless
+            lossless = (
+                ("Lossless" in ts.name and "Near" not in ts.name)
+                or ts == RLELossless
+                or ts.name == "Deflated Image Frame Compression"
+            )
             return (0 if lossless else 5, str(ts))
         order = {
             DeflatedExplicitVRLittleEndian: 1,
