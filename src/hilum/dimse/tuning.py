@@ -10,6 +10,10 @@
 * pydicom's validation of values read from received data sets is off on the
   receive path: data sets are stored as received whatever their quirks, and
   the regex checks cost CPU per element.
+* Back-pressure on outgoing P-DATA: pynetdicom queues every PDU of a message
+  for the network thread without limit, so sending a 1 GB instance (C-GET,
+  C-MOVE, SCU store) could buffer most of it in memory. At most
+  MAX_QUEUED_PDUS wait in the queue; the sender waits for the network.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from __future__ import annotations
 import copy
 import functools
 import socket
+import time
 from typing import Any
 
 import pydicom.config
 from pynetdicom import _config, transport
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
 _applied = False
+MAX_QUEUED_PDUS = 16
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -49,6 +57,22 @@ def apply_pynetdicom_tuning() -> None:
         return sock
 
     AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
+
+    send_pdu = DULServiceProvider.send_pdu
+
+    @functools.wraps(send_pdu)
+    def _send_pdu_bounded(self: DULServiceProvider, primitive: Any) -> None:
+        if isinstance(primitive, P_DATA):
+            pending = self.to_provider_queue
+            while (
+                pending.qsize() >= MAX_QUEUED_PDUS
+                and self.is_alive()
+                and not self._kill_thread
+            ):
+                time.sleep(0.0005)
+        send_pdu(self, primitive)
+
+    DULServiceProvider.send_pdu = _send_pdu_bounded  # type: ignore[method-assign]
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     # pynetdicom formats every C-FIND/MOVE/GET identifier for its INFO log,
