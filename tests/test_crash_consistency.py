@@ -185,7 +185,7 @@ def test_failed_index_write_leaves_no_file_and_no_rows(
         monkeypatch.setattr(services.writer, "_transaction", _boom)
     else:
         # Fails after the rows were inserted, before commit: they must be rolled back.
-        monkeypatch.setattr(writer_module, "recount", _boom)
+        monkeypatch.setattr(writer_module.Aggregates, "apply", _boom)
     for path in files:
         with pytest.raises(IngestFailure) as info:
             services.ingest.ingest_file(path, source="test")

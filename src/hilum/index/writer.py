@@ -214,9 +214,9 @@ class IndexWriter:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
                     try:
                         with conn.begin():
-                            touched: set[int] = set()
-                            results = [(w, apply_write(conn, w, touched)) for w in batch]
-                            recount(conn, studies=touched)
+                            aggregates = Aggregates()
+                            results = [(w, apply_write(conn, w, aggregates)) for w in batch]
+                            aggregates.apply(conn)
                             if before_commit is not None:
                                 before_commit()
                     finally:
@@ -286,8 +286,48 @@ class _Statements:
         self.select_patient = select(*patient_columns).where(patients_t.c.patient_key == bindparam("key"))
         self.select_patient_by_pk = select(*patient_columns).where(patients_t.c.id == bindparam("pk"))
         self.insert_patient = insert_for(patients_t).on_conflict_do_nothing(index_elements=["patient_key"])
-        self.select_study = select(studies_t.c.id, studies_t.c.patient_pk).where(
-            studies_t.c.study_instance_uid == bindparam("uid")
+        self.select_study = select(
+            studies_t.c.id, studies_t.c.patient_pk, studies_t.c.sop_classes_in_study
+        ).where(studies_t.c.study_instance_uid == bindparam("uid"))
+        self.add_to_series = (
+            update(series_t)
+            .where(series_t.c.id == bindparam("pk"))
+            .values(num_instances=series_t.c.num_instances + bindparam("n"), updated_at=func.now())
+        )
+        self.add_to_study = (
+            update(studies_t)
+            .where(studies_t.c.id == bindparam("pk"))
+            .values(
+                num_instances=studies_t.c.num_instances + bindparam("n"),
+                num_series=studies_t.c.num_series + bindparam("new_series"),
+                size_bytes=studies_t.c.size_bytes + bindparam("size"),
+                updated_at=func.now(),
+            )
+        )
+        self.add_to_patient = (
+            update(patients_t)
+            .where(patients_t.c.id == bindparam("pk"))
+            .values(
+                num_instances=patients_t.c.num_instances + bindparam("n"),
+                num_series=patients_t.c.num_series + bindparam("new_series"),
+                num_studies=patients_t.c.num_studies + bindparam("new_studies"),
+                updated_at=func.now(),
+            )
+        )
+        self.study_modalities = (
+            select(series_t.c.modality)
+            .distinct()
+            .where(series_t.c.study_pk == bindparam("study_pk"), series_t.c.modality.is_not(None))
+        )
+        self.set_study_modalities = (
+            update(studies_t)
+            .where(studies_t.c.id == bindparam("pk"))
+            .values(modalities_in_study=bindparam("modalities"))
+        )
+        self.set_study_sop_classes = (
+            update(studies_t)
+            .where(studies_t.c.id == bindparam("pk"))
+            .values(sop_classes_in_study=bindparam("sop_classes"))
         )
         self.insert_study = insert_for(studies_t).on_conflict_do_nothing(
             index_elements=["study_instance_uid"]
@@ -363,10 +403,13 @@ def statements(conn: Connection) -> _Statements:
     return found
 
 
-def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = None) -> WriteOutcome:
+def apply_write(
+    conn: Connection, write: IndexWrite, aggregates: Aggregates | None = None
+) -> WriteOutcome:
     """Apply one instance to the index inside the caller's transaction.
 
-    ``touched`` collects the primary keys of the studies whose aggregates need a recount.
+    ``aggregates`` collects what the study/series/patient counters must add (or, after
+    a replacement, which studies need a full recount); apply it before commit.
     """
     q = statements(conn)
     parsed = write.parsed
@@ -387,8 +430,8 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
             .join(instances_t, instances_t.c.series_pk == series_t.c.id)
             .where(instances_t.c.id == existing.id)
         ).scalar_one()
-        if touched is not None:
-            touched.add(old_study)
+        if aggregates is not None:
+            aggregates.recount_studies.add(old_study)
         conn.execute(q.delete_instance, {"pk": existing.id})
         outcome.status = IngestStatus.REPLACED
         outcome.obsolete_keys.append(existing.storage_key)
@@ -434,8 +477,6 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
             stored, received = getattr(patient_row, column), parsed.patient.get(column)
             if stored and received and stored != received:
                 _conflict(conn, q, outcome, parsed, patient_row.id, keyword, stored, received)
-    if touched is not None:
-        touched.add(study_row.id)
 
     # Series
     series_pk = conn.execute(q.select_series, {"uid": parsed.series_instance_uid}).scalar()
@@ -457,6 +498,20 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
         source=write.source,
     )
     conn.execute(q.insert_instance, instance_values)
+    if aggregates is not None:
+        if outcome.status is IngestStatus.REPLACED:
+            aggregates.recount_studies.add(study_row.id)
+        else:
+            known_classes = (study_row.sop_classes_in_study or "").split("\\")
+            aggregates.add(
+                series_pk=series_pk,
+                study_pk=study_row.id,
+                patient_pk=patient_row.id,
+                size=write.size,
+                new_series=outcome.new_series,
+                new_study=outcome.new_study,
+                new_sop_class=parsed.sop_class_uid not in known_classes,
+            )
     conn.execute(
         q.insert_change,
         {
@@ -467,6 +522,82 @@ def apply_write(conn: Connection, write: IndexWrite, touched: set[int] | None = 
         },
     )
     return outcome
+
+
+@dataclass
+class Aggregates:
+    """Counter changes of one batch, applied in a few statements before commit.
+
+    New instances add to their series, study and patient counters (O(1) per
+    batch, whatever the study's size); a replaced instance makes its studies
+    recount from scratch.
+    """
+
+    recount_studies: set[int] = field(default_factory=set)
+    series: dict[int, int] = field(default_factory=dict)
+    # study pk -> [instances, bytes, new series, needs modalities, needs SOP classes]
+    studies: dict[int, list[int]] = field(default_factory=dict)
+    # patient pk -> [instances, new series, new studies]
+    patients: dict[int, list[int]] = field(default_factory=dict)
+    series_study: dict[int, int] = field(default_factory=dict)
+
+    def add(
+        self,
+        *,
+        series_pk: int,
+        study_pk: int,
+        patient_pk: int,
+        size: int,
+        new_series: bool,
+        new_study: bool,
+        new_sop_class: bool,
+    ) -> None:
+        self.series[series_pk] = self.series.get(series_pk, 0) + 1
+        study = self.studies.setdefault(study_pk, [0, 0, 0, 0, 0])
+        study[0] += 1
+        study[1] += size
+        study[2] += int(new_series)
+        study[3] |= int(new_series)
+        study[4] |= int(new_sop_class)
+        patient = self.patients.setdefault(patient_pk, [0, 0, 0])
+        patient[0] += 1
+        patient[1] += int(new_series)
+        patient[2] += int(new_study)
+        self.series_study[series_pk] = study_pk
+
+    def apply(self, conn: Connection) -> None:
+        q = statements(conn)
+        skip = self.recount_studies
+        for series_pk, n in sorted(self.series.items()):
+            if self.series_study[series_pk] not in skip:
+                conn.execute(q.add_to_series, {"pk": series_pk, "n": n})
+        for study_pk, (n, size, new_series, modalities, sop_classes) in sorted(self.studies.items()):
+            if study_pk in skip:
+                continue
+            conn.execute(
+                q.add_to_study, {"pk": study_pk, "n": n, "new_series": new_series, "size": size}
+            )
+            if modalities:
+                found = conn.execute(q.study_modalities, {"study_pk": study_pk}).scalars()
+                conn.execute(
+                    q.set_study_modalities,
+                    {"pk": study_pk, "modalities": "\\".join(sorted(found))},
+                )
+            if sop_classes:
+                found = conn.execute(q.study_sop_classes, {"study_pk": study_pk}).scalars()
+                conn.execute(
+                    q.set_study_sop_classes,
+                    {"pk": study_pk, "sop_classes": "\\".join(sorted(found))},
+                )
+        # Full recounts last: a recounted patient sums its studies' updated counters.
+        recounted = recount(conn, studies=set(skip)) if skip else set()
+        for patient_pk, (n, new_series, new_studies) in sorted(self.patients.items()):
+            if patient_pk in recounted:
+                continue
+            conn.execute(
+                q.add_to_patient,
+                {"pk": patient_pk, "n": n, "new_series": new_series, "new_studies": new_studies},
+            )
 
 
 def _conflict(
@@ -493,7 +624,7 @@ def _conflict(
     )
 
 
-def recount(conn: Connection, *, studies: set[int]) -> None:
+def recount(conn: Connection, *, studies: set[int]) -> set[int]:
     """Recompute the aggregate attributes of the given studies, their series and patients.
 
     Full recounts (not increments) keep them right after replace and delete too.
@@ -523,6 +654,7 @@ def recount(conn: Connection, *, studies: set[int]) -> None:
         if patient_pk is not None:
             patient_pks.add(patient_pk)
     recount_patients(conn, patient_pks)
+    return patient_pks
 
 
 def recount_patients(conn: Connection, patient_pks: set[int]) -> None:
