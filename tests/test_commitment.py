@@ -8,6 +8,7 @@ the N-EVENT-REPORT that Hilum sends on a new association.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -159,3 +160,40 @@ def test_storage_commitment_push_model(
     assert committer.reports.empty()
     # the index still lists what was stored (commitment never changes it)
     assert instance_row(server.settings, gone[1]) is not None
+
+
+def test_pending_reports_survive_a_restart(services: Any, committer: CommitmentScu) -> None:
+    """A report accepted but not yet delivered is sent by the next start of Hilum."""
+    import json
+
+    from sqlalchemy import insert, select
+
+    from hilum.config import RemoteAE
+    from hilum.dimse.commitment import CommitmentService
+    from hilum.index.models import commitments_t
+
+    services.nodes.add(
+        RemoteAE(name="committer", ae_title=committer.ae_title, host="127.0.0.1",
+                 port=committer.port)
+    )
+    transaction = generate_uid()
+    unknown = (CTImageStorage, generate_uid())
+    with services.engine.begin() as conn:  # as left by a run that stopped before delivering
+        conn.execute(insert(commitments_t).values(
+            transaction_uid=transaction, calling_ae_title=committer.ae_title,
+            state="pending", references_json=json.dumps([list(unknown)]),
+        ))
+    assert CommitmentService(services).resume_pending() == 1
+    report = committer.report()
+    assert str(report.info.TransactionUID) == transaction
+    assert report.event_type == 2
+    assert report.failed() == {(*unknown, NO_SUCH_OBJECT_INSTANCE)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with services.engine.connect() as conn:
+            state = conn.execute(select(commitments_t.c.state)).scalar_one()
+        if state == "sent":
+            break
+        time.sleep(0.05)
+    assert state == "sent"
+    assert CommitmentService(services).resume_pending() == 0  # nothing left to send

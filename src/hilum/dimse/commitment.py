@@ -10,6 +10,7 @@ recorded size.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -17,9 +18,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
-from hilum.index.models import Instance
+from hilum.index.models import Instance, commitments_t
 from hilum.storage.base import StorageError
 
 LOG = logging.getLogger(__name__)
@@ -59,14 +60,56 @@ class CommitmentService:
             status.Status = 0x0106  # invalid attribute value
             status.ErrorComment = f"bad Action Information: {exc}"[:64]
             return status, None
+        # Kept in the index until delivered, so a restart does not lose the report.
+        with self.services.engine.begin() as conn:
+            request_pk = conn.execute(
+                insert(commitments_t)
+                .values(
+                    transaction_uid=transaction_uid,
+                    calling_ae_title=calling,
+                    state="pending",
+                    references_json=json.dumps(references),
+                )
+                .returning(commitments_t.c.id)
+            ).scalar_one()
+        self._start(request_pk, node, transaction_uid, references)
+        return 0x0000, None
+
+    def _start(
+        self, request_pk: int, node: Any, transaction_uid: str, references: list[tuple[str, str]]
+    ) -> None:
         thread = threading.Thread(
             target=self._report,
-            args=(node, transaction_uid, references),
+            args=(request_pk, node, transaction_uid, references),
             name=f"commitment-{transaction_uid[-8:]}",
             daemon=True,
         )
         thread.start()
-        return 0x0000, None
+
+    def resume_pending(self) -> int:
+        """Send the reports a previous run accepted but did not deliver."""
+        with self.services.engine.connect() as conn:
+            rows = conn.execute(
+                select(commitments_t).where(commitments_t.c.state == "pending")
+            ).all()
+        resumed = 0
+        for row in rows:
+            node = self.services.nodes.by_ae_title(row.calling_ae_title)
+            if node is None:
+                self._mark(row.id, "failed")
+                continue
+            references = [tuple(r) for r in json.loads(row.references_json)]
+            self._start(row.id, node, row.transaction_uid, references)
+            resumed += 1
+        return resumed
+
+    def _mark(self, request_pk: int, state: str) -> None:
+        with self.services.engine.begin() as conn:
+            conn.execute(
+                update(commitments_t)
+                .where(commitments_t.c.id == request_pk)
+                .values(state=state, attempts=commitments_t.c.attempts + 1)
+            )
 
     def check(
         self, references: list[tuple[str, str]]
@@ -99,7 +142,13 @@ class CommitmentService:
                 committed.append((sop_class, sop_instance))
         return committed, failed
 
-    def _report(self, node: Any, transaction_uid: str, references: list[tuple[str, str]]) -> None:
+    def _report(
+        self,
+        request_pk: int,
+        node: Any,
+        transaction_uid: str,
+        references: list[tuple[str, str]],
+    ) -> None:
         committed, failed = self.check(references)
         info = Dataset()
         info.TransactionUID = transaction_uid
@@ -128,13 +177,16 @@ class CommitmentService:
                         transaction_uid, len(committed), len(failed),
                         getattr(status, "Status", None),
                     )
-                    return
+                    if status is not None and getattr(status, "Status", None) is not None:
+                        self._mark(request_pk, "sent")
+                        return
                 finally:
                     assoc.release()
             LOG.warning(
                 "cannot deliver storage commitment report to %s (attempt %d)", node.ae_title, attempt + 1
             )
             threading.Event().wait(2.0 * (attempt + 1))
+        # Stays pending: the next start of Hilum tries again.
         LOG.error("storage commitment report %s was not delivered", transaction_uid)
 
 

@@ -189,6 +189,10 @@ def run_worker(
     configure_receiving(services)
     ae = build_ae(services)
     handlers = DimseHandlers(services)
+    if index == 0:  # one process resumes undelivered Storage Commitment reports
+        resumed = handlers.commitment.resume_pending()
+        if resumed:
+            LOG.info("resending %d pending storage commitment report(s)", resumed)
     address = (settings.dicom.host, settings.dicom.port)
     server = ae.make_server(
         address,

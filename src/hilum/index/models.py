@@ -174,6 +174,9 @@ class CommitmentRequest(Base):
     transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed
+    # The Referenced SOP Sequence of the request: [[class UID, instance UID], ...] as JSON.
+    references_json: Mapped[str] = mapped_column(Text, default="[]")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

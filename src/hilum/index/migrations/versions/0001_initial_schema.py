@@ -101,9 +101,7 @@ def upgrade() -> None:
     with op.batch_alter_table("patients", schema=None) as batch_op:
         batch_op.create_index("ix_patients_birth_date", ["patient_birth_date"], unique=False)
         batch_op.create_index(batch_op.f("ix_patients_patient_id"), ["patient_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_patients_patient_name_key"), ["patient_name_key"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_patients_patient_name_key"), ["patient_name_key"], unique=False)
 
     op.create_table(
         "remote_aes",
@@ -138,9 +136,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column(
-            "patient_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("patient_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("attribute", sa.Text(), nullable=False),
@@ -157,9 +153,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("patient_conflicts", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_patient_conflicts_patient_pk"), ["patient_pk"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_patient_conflicts_patient_pk"), ["patient_pk"], unique=False)
 
     op.create_table(
         "studies",
@@ -169,9 +163,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column(
-            "patient_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("patient_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("study_date", sa.String(length=8), nullable=True),
         sa.Column("accession_number", sa.Text(), nullable=True),
@@ -208,9 +200,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("study_instance_uid"),
     )
     with op.batch_alter_table("studies", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_studies_accession_number"), ["accession_number"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_studies_accession_number"), ["accession_number"], unique=False)
         batch_op.create_index("ix_studies_patient_date", ["patient_pk", "study_date"], unique=False)
         batch_op.create_index(batch_op.f("ix_studies_patient_pk"), ["patient_pk"], unique=False)
         batch_op.create_index(batch_op.f("ix_studies_study_date"), ["study_date"], unique=False)
@@ -270,9 +260,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column(
-            "series_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("series_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("sop_class_uid", sa.String(length=64), nullable=False),
         sa.Column("transfer_syntax_uid", sa.String(length=64), nullable=False),
@@ -300,9 +288,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("sop_instance_uid"),
     )
     with op.batch_alter_table("instances", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_instances_series_number", ["series_pk", "instance_number"], unique=False
-        )
+        batch_op.create_index("ix_instances_series_number", ["series_pk", "instance_number"], unique=False)
         batch_op.create_index(batch_op.f("ix_instances_series_pk"), ["series_pk"], unique=False)
 
     # ### end Alembic commands ###
