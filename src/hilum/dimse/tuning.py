@@ -10,6 +10,9 @@
 * pydicom's validation of values read from received data sets is off on the
   receive path: data sets are stored as received whatever their quirks, and
   the regex checks cost CPU per element.
+* Private and unknown storage SOP classes are accepted (vendors send them; a PACS
+  must keep them): pynetdicom's unrestricted storage mode, but with Hilum's
+  own transfer syntax preference kept for the standard SOP classes.
 * Back-pressure on outgoing P-DATA: pynetdicom queues every PDU of a message
   for the network thread without limit, so sending a 1 GB instance (C-GET,
   C-MOVE, SCU store) could buffer most of it in memory. At most
@@ -25,10 +28,15 @@ import time
 from typing import Any
 
 import pydicom.config
-from pynetdicom import _config, transport
+from pydicom.uid import UID
+from pynetdicom import _config, acse, sop_class, transport
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.presentation import PresentationContext
+from pynetdicom.presentation import (
+    PresentationContext,
+    negotiate_as_acceptor,
+    negotiate_unrestricted,
+)
 from pynetdicom.transport import AssociationSocket
 
 _applied = False
@@ -64,15 +72,15 @@ def apply_pynetdicom_tuning() -> None:
     def _send_pdu_bounded(self: DULServiceProvider, primitive: Any) -> None:
         if isinstance(primitive, P_DATA):
             pending = self.to_provider_queue
-            while (
-                pending.qsize() >= MAX_QUEUED_PDUS
-                and self.is_alive()
-                and not self._kill_thread
-            ):
+            while pending.qsize() >= MAX_QUEUED_PDUS and self.is_alive() and not self._kill_thread:
                 time.sleep(0.0005)
         send_pdu(self, primitive)
 
     DULServiceProvider.send_pdu = _send_pdu_bounded  # type: ignore[method-assign]
+
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    acse.negotiate_unrestricted = _negotiate_standard_and_private
+
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     # pynetdicom formats every C-FIND/MOVE/GET identifier for its INFO log,
@@ -91,3 +99,26 @@ def _copy_contexts(value: Any, memo: Any = None) -> Any:
             copies.append(clone)
         return copies
     return copy.deepcopy(value, memo)
+
+
+def _negotiate_standard_and_private(
+    rq_contexts: list[PresentationContext],
+    ac_contexts: list[PresentationContext],
+    roles: Any = None,
+) -> tuple[list[PresentationContext], list[Any]]:
+    """Standard SOP classes as configured; private/unknown ones as storage, as proposed."""
+    known: list[PresentationContext] = []
+    unknown: list[PresentationContext] = []
+    for cx in rq_contexts:
+        uid = UID(str(cx.abstract_syntax))
+        is_known = not uid.is_private and hasattr(sop_class, uid.keyword or "-")
+        (known if is_known else unknown).append(cx)
+    accepted, reply_roles = negotiate_as_acceptor(known, ac_contexts, roles)
+    if unknown:
+        more, more_roles = negotiate_unrestricted(unknown, [], roles)
+        accepted += more
+        reply_roles += more_roles
+    return (
+        sorted(accepted, key=lambda cx: cx.context_id or 0),
+        sorted(reply_roles, key=lambda r: str(r.sop_class_uid)),
+    )
