@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,12 @@ def test_syncfs_mode_makes_a_batch_durable_with_one_call(
 def test_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sync_mode"):
         FilesystemStorage(tmp_path / "storage", sync_mode="maybe")
+
+
+def test_periodic_recover_keeps_transfers_in_progress(storage: FilesystemStorage) -> None:
+    old = stage(storage, b"abandoned")
+    fresh = stage(storage, b"arriving")
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    assert storage.recover(older_than=600) == 1
+    assert not old.exists() and fresh.exists()

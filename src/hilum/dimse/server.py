@@ -45,6 +45,7 @@ from hilum.dimse.fastpath import FastRequestHandler, set_staging_dir
 from hilum.dimse.handlers import DimseHandlers
 from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
 from hilum.domain.errors import HilumError
+from hilum.storage.filesystem import FilesystemStorage
 
 LOG = logging.getLogger(__name__)
 
@@ -279,7 +280,17 @@ class DimseServer:
 
     def supervise(self, stop: threading.Event) -> None:
         data = self.settings.model_dump(mode="json")
+        storage = FilesystemStorage(self.settings.storage_dir)
+        # An aborted association can leave a spilled data set in staging; one
+        # untouched for twice the longest timeout belongs to no live transfer.
+        stale = 2 * max(self.settings.dicom.network_timeout, self.settings.dicom.dimse_timeout)
+        next_sweep = time.monotonic() + 60
         while not stop.wait(1.0):
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + 60
+                removed = storage.recover(older_than=stale)
+                if removed:
+                    LOG.warning("removed %d abandoned transfer(s) from staging", removed)
             for i, proc in enumerate(self._procs):
                 if not proc.is_alive() and not self._stopping:
                     LOG.error("DIMSE worker %d exited (%s); restarting", i, proc.exitcode)

@@ -72,8 +72,12 @@ class StorageArea(Protocol):
 
     def keys(self) -> Iterator[str]: ...
 
-    def recover(self) -> int:
-        """Remove leftovers of interrupted writes; return how many were removed."""
+    def recover(self, older_than: float | None = None) -> int:
+        """Remove leftovers of interrupted writes; return how many were removed.
+
+        ``older_than`` (seconds): only leftovers untouched for that long, so it is
+        safe while transfers are running (used periodically by `hilum serve`).
+        """
         ...
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -150,10 +151,15 @@ class FilesystemStorage:
             for name in filenames:
                 yield name if rel == "." else f"{rel}/{name}"
 
-    def recover(self) -> int:
+    def recover(self, older_than: float | None = None) -> int:
         removed = 0
+        cutoff = None if older_than is None else time.time() - older_than
         for entry in self._staging.iterdir():
-            if entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if not entry.is_file() or (cutoff is not None and entry.stat().st_mtime > cutoff):
+                    continue
+            except FileNotFoundError:
+                continue
+            entry.unlink(missing_ok=True)
+            removed += 1
         return removed
