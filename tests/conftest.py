@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield ""  # the default: SQLite inside data_dir
+@contextmanager
+def backend_url(backend: str) -> Iterator[str]:
+    """An index URL: "" (SQLite inside data_dir) or a fresh PostgreSQL database, dropped after."""
+    if backend == "sqlite":
+        yield ""
         return
     import psycopg
 
@@ -53,6 +55,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with backend_url(request.param) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,15 +9,12 @@ where the DIMSE encoding matters: statuses, return keys, character sets.
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -30,8 +27,8 @@ from pynetdicom.sop_class import (
 
 from conftest import (
     BACKENDS,
-    PG_ADMIN_URL,
     RunningServer,
+    backend_url,
     free_port,
     require_tool,
     start_server,
@@ -90,22 +87,6 @@ class Archive:
     # label -> SeriesInstanceUIDs in series-number order
     series: dict[str, list[str]]
     sop_uids: dict[str, list[str]]
-
-
-@contextmanager
-def backend_url(backend: str) -> Iterator[str]:
-    if backend == "sqlite":
-        yield ""
-        return
-    name = f"hilum_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def corpus_files(folder: Path) -> dict[str, list[Path]]:

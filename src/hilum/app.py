@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -32,7 +32,6 @@ class Services:
     writer: IndexWriter
     ingest: IngestService
     nodes: RemoteNodes
-    extra: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:
         self.writer.stop()

@@ -7,7 +7,6 @@ sure every top-level element ends inside the file.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -65,16 +64,6 @@ class ParsedInstance:
     @property
     def instance(self) -> dict[str, Any]:
         return self.values[Level.IMAGE]
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def read_header(path: Path) -> Dataset:

@@ -37,13 +37,6 @@ class InstanceRejected:
     sop_instance_uid: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceDeleted:
-    level: str
-    uid: str
-    study_instance_uid: str
-
-
 E = TypeVar("E")
 
 

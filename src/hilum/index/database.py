@@ -9,7 +9,6 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.orm import Session, sessionmaker
 
 LOG = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -63,10 +62,6 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
-
-
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:

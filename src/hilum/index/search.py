@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Engine,
     Select,
     and_,
     exists,
@@ -171,14 +170,6 @@ def search(conn: Connection, query: Query, *, yield_per: int = 500) -> Iterator[
         values = dict(row)
         pk = values.pop("_pk")
         yield Hit(pk=pk, values=values)
-
-
-def count(engine: Engine, query: Query) -> int:
-    from sqlalchemy import func
-
-    stmt = build_select(Query(level=query.level, constraints=query.constraints))
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
 
 
 @dataclass(frozen=True, slots=True)
