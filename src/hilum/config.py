@@ -87,6 +87,16 @@ class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(default=8042, ge=1, le=65535)
+    # Origins allowed to call the HTTP APIs from a browser (e.g. an OHIF viewer
+    # served elsewhere): exact origins like "https://viewer.example.org", or "*".
+    cors_origins: list[str] = Field(default_factory=list)
+    # The public URL clients reach Hilum at (behind a proxy); empty = from the request.
+    public_url: str = ""
+    # Largest STOW-RS request body accepted; bigger ones get 413 and nothing is stored.
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1024)
+    # QIDO-RS: results per page when the client gives no limit, and the most it may ask for.
+    qido_default_limit: int = Field(default=1000, ge=1)
+    qido_max_limit: int = Field(default=10000, ge=1)
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -117,6 +118,9 @@ class Instance(_columns_mixin(Level.IMAGE, "sop_instance_uid", "sop_class_uid"),
     sha256: Mapped[str] = mapped_column(String(64))
     # Where it came from: "dimse:<calling AE>@<host>", "stow", "import", ...
     source: Mapped[str] = mapped_column(Text, default="")
+    # The instance's DICOM JSON model (zlib-compressed), prepared at ingest for WADO-RS
+    # metadata and QIDO-RS on attributes without a column; NULL until backfilled.
+    dicom_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

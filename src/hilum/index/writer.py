@@ -60,6 +60,7 @@ class IndexWrite:
     source: str
     receipt: CommitReceipt
     policy: DuplicatePolicy
+    dicom_json: bytes | None = None
     future: Future[WriteOutcome] = field(default_factory=Future)
 
 
@@ -496,6 +497,7 @@ def apply_write(
         size_bytes=write.size,
         sha256=write.sha256,
         source=write.source,
+        dicom_json=write.dicom_json,
     )
     conn.execute(q.insert_instance, instance_values)
     if aggregates is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from hilum.config import DuplicatePolicy
+from hilum.dicom.jsonmodel import instance_json, pack
 from hilum.dicom.parsing import ParsedInstance, parse_instance, read_header
 from hilum.domain.errors import IngestFailure, IngestStatus
 from hilum.domain.events import EventBus, InstanceRejected, InstanceStored
@@ -128,6 +129,11 @@ class IngestService:
         try:
             header = read_header(staged)
             parsed = parse_instance(header)
+            dicom_json = pack(
+                instance_json(
+                    header, parsed.study_instance_uid, parsed.series_instance_uid, parsed.sop_instance_uid
+                )
+            )
             del header
             warning = ""
             if affected_sop_instance_uid and affected_sop_instance_uid != parsed.sop_instance_uid:
@@ -149,6 +155,7 @@ class IngestService:
                     source=source,
                     receipt=receipt,
                     policy=policy or self.duplicate_policy,
+                    dicom_json=dicom_json,
                 )
             )
             committed_key = None  # from here the writer owns the file

@@ -1,78 +1,49 @@
-"""The HTTP application. For now: health and statistics for monitoring.
+"""The HTTP application: DICOMweb under /dicomweb, the management API under /api/v1.
 
-DICOMweb and the management API attach here (see the DICOMweb issue).
+Routes are thin: they translate HTTP into calls on the services built by
+:func:`hilum.app.build_services` and answer errors as problem details.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import Depends, FastAPI, Request
-from sqlalchemy import Engine, func, select
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from hilum import __version__
-from hilum.config import Settings
-from hilum.index.models import instances_t, patients_t, series_t, studies_t
+from hilum.app import Services
+from hilum.web import problems
+from hilum.web.api import changes, jobs, nodes, resources, system
+from hilum.web.dicomweb import qido, stow, wado, wado_uri
+
+DICOMWEB_PREFIX = "/dicomweb"
 
 
-def get_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
-
-
-def create_app(settings: Settings, engine: Engine) -> FastAPI:
+def create_app(services: Services) -> FastAPI:
     app = FastAPI(
         title="Hilum",
         version=__version__,
+        summary="DICOMweb (PS3.18) and management API of the Hilum PACS",
         docs_url="/api/docs",
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.engine = engine
-
-    @app.get("/api/v1/health", tags=["system"])
-    def health(engine: EngineDep) -> dict[str, Any]:
-        """Liveness and readiness: the index answers a query."""
-        with engine.connect() as conn:
-            conn.execute(select(1)).scalar()
-        return {
-            "status": "ok",
-            "version": __version__,
-            "dicom": {"ae_title": settings.dicom.ae_title, "port": settings.dicom.port},
-        }
-
-    @app.get("/api/v1/statistics", tags=["system"])
-    def statistics(engine: EngineDep) -> dict[str, Any]:
-        """Counts and stored bytes, in total and per modality."""
-        with engine.connect() as conn:
-            totals = conn.execute(
-                select(func.count(instances_t.c.id), func.coalesce(func.sum(instances_t.c.size_bytes), 0))
-            ).one()
-            per_modality = conn.execute(
-                select(
-                    series_t.c.modality,
-                    func.count(func.distinct(series_t.c.study_pk)),
-                    func.count(instances_t.c.id),
-                    func.coalesce(func.sum(instances_t.c.size_bytes), 0),
-                )
-                .select_from(series_t.join(instances_t, instances_t.c.series_pk == series_t.c.id))
-                .group_by(series_t.c.modality)
-                .order_by(series_t.c.modality)
-            ).all()
-            return {
-                "patients": conn.execute(select(func.count(patients_t.c.id))).scalar_one(),
-                "studies": conn.execute(select(func.count(studies_t.c.id))).scalar_one(),
-                "series": conn.execute(select(func.count(series_t.c.id))).scalar_one(),
-                "instances": totals[0],
-                "bytes": int(totals[1]),
-                "modalities": [
-                    {"modality": m or "", "studies": s, "instances": n, "bytes": int(b)}
-                    for m, s, n, b in per_modality
-                ],
-            }
-
+    app.state.services = services
+    problems.install(app)
+    origins = services.settings.http.cors_origins
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning"],
+            max_age=600,
+        )
+    for module in (qido, wado, stow, wado_uri):
+        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+    app.include_router(system.router, prefix="/api/v1", tags=["system"])
+    app.include_router(resources.router, prefix="/api/v1", tags=["resources"])
+    app.include_router(nodes.router, prefix="/api/v1", tags=["remote AEs"])
+    app.include_router(jobs.router, prefix="/api/v1", tags=["jobs"])
+    app.include_router(changes.router, prefix="/api/v1", tags=["changes"])
     return app

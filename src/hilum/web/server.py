@@ -7,22 +7,25 @@ import time
 
 import uvicorn
 
+from hilum.app import build_services
 from hilum.config import Settings
 from hilum.domain.errors import HilumError
-from hilum.index.database import make_engine
 from hilum.web.app import create_app
 
 
 class HttpServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.index_url, pool_size=4)
+        self.services = build_services(settings)
+        self.services.writer.start()
+        self.app = create_app(self.services)
         config = uvicorn.Config(
-            create_app(settings, self.engine),
+            self.app,
             host=settings.http.host,
             port=settings.http.port,
             log_level="warning",
             access_log=False,
+            timeout_keep_alive=30,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
@@ -43,4 +46,4 @@ class HttpServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
-        self.engine.dispose()
+        self.services.close()

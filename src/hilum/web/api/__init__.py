@@ -1,0 +1,1 @@
+"""The JSON management API (/api/v1)."""
