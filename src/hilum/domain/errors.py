@@ -15,6 +15,7 @@ class IngestStatus(Enum):
     ALREADY_STORED = (0x0000, 200, "already stored")
     REPLACED = (0x0000, 200, "replaced")
     DUPLICATE_REJECTED = (0xA900, 409, "a different instance with this SOP Instance UID is stored")
+    STUDY_MISMATCH = (0xA900, 409, "instance belongs to another study than the request names")
     MISSING_ATTRIBUTE = (0xA900, 400, "data set does not match SOP class")
     NOT_DICOM = (0xC000, 400, "cannot understand")
     CANNOT_UNDERSTAND = (0xC000, 400, "cannot understand")
@@ -50,6 +51,9 @@ class IngestFailure(HilumError):
         super().__init__(message)
         self.status = status
         self.message = message
+        # Known when the data set could be parsed (STOW-RS names them in FailedSOPSequence).
+        self.sop_class_uid = ""
+        self.sop_instance_uid = ""
 
     def __str__(self) -> str:
         return f"{self.status.reason}: {self.message}"

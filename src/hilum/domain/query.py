@@ -7,6 +7,7 @@ SQL is :mod:`hilum.index.search`'s job; nothing here knows about tables.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -134,3 +135,47 @@ def constraint_for(keyword: str, raw: str | None) -> Constraint:
     if attr is None:
         raise InvalidQuery(f"{keyword} is not a searchable attribute")
     return parse_constraint(keyword, attr.vr, raw)
+
+
+def matches(constraint: Constraint, values: list[str]) -> bool:
+    """Match values read from a data set (not from an index column) against a constraint.
+
+    Used for attributes the index has no column for; the same semantics as the SQL
+    translation: case-insensitive for PN, any value of a multi-valued attribute.
+    """
+    kind = constraint.kind
+    if kind is MatchKind.UNIVERSAL:
+        return True
+    folded = [_normal(constraint.vr, v) for v in values if v is not None]
+    if kind is MatchKind.RANGE:
+        low, high = constraint.low, constraint.high
+        return any((low is None or v >= low) and (high is None or v <= high) for v in folded if v)
+    patterns = constraint.values
+    for value in folded:
+        for pattern in patterns:
+            if kind is MatchKind.WILDCARD or ("*" in pattern or "?" in pattern):
+                if _wildcard(pattern).fullmatch(value):
+                    return True
+            elif value == pattern:
+                return True
+    return False
+
+
+def _normal(vr: str, value: str) -> str:
+    text = str(value).strip()
+    if vr == "PN":
+        return person_name_key(text)
+    if vr == "DA":
+        return normalize_date(text)
+    if vr == "TM":
+        return normalize_time(text)
+    if vr in INTEGER_VRS:
+        try:
+            return str(int(float(text)))
+        except ValueError:
+            return text
+    return text
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)

@@ -67,7 +67,7 @@ def build_select(query: Query) -> Select[Any]:
         if attr.level.depth <= level.depth:
             columns.append(_column(attr).label(attr.keyword))
     stmt = select(*columns).select_from(joined)
-    conditions = [_condition(c, level) for c in query.constrained()]
+    conditions = [_condition(c, level, fuzzy=query.fuzzy_person_names) for c in query.constrained()]
     if conditions:
         stmt = stmt.where(and_(*conditions))
     stmt = stmt.order_by(base.c.id)
@@ -78,7 +78,7 @@ def build_select(query: Query) -> Select[Any]:
     return stmt
 
 
-def _condition(constraint: Constraint, level: Level) -> ColumnElement[bool]:
+def _condition(constraint: Constraint, level: Level, *, fuzzy: bool = False) -> ColumnElement[bool]:
     attr = BY_KEYWORD.get(constraint.keyword)
     if attr is None:
         raise InvalidQuery(f"{constraint.keyword} is not a searchable attribute")
@@ -96,7 +96,16 @@ def _condition(constraint: Constraint, level: Level) -> ColumnElement[bool]:
             column = func.upper(column)
     if attr.keyword in MULTI_VALUED and constraint.kind in (MatchKind.SINGLE, MatchKind.WILDCARD):
         return _match_any_value(column, constraint)
+    if fuzzy and attr.vr == "PN" and constraint.kind in (MatchKind.SINGLE, MatchKind.WILDCARD):
+        return _fuzzy_name(column, constraint.values[0])
     return _match(column, constraint)
+
+
+def _fuzzy_name(column: Any, value: str) -> ColumnElement[bool]:
+    """PS3.18 8.3.4.1 fuzzymatching: a name matches when any of its components (family,
+    given, middle, ...; in any representation) starts with the value, ignoring case."""
+    stem = _escape_like(value.rstrip("*")).replace("*", "%").replace("?", "_") + "%"
+    return or_(*(column.like(prefix + stem, escape="!") for prefix in ("", "%^", "% ", "%=")))
 
 
 def _match_any_value(column: Any, constraint: Constraint) -> ColumnElement[bool]:

@@ -45,6 +45,7 @@ class IngestResult:
     sop_class_uid: str
     study_instance_uid: str
     message: str = ""
+    series_instance_uid: str = ""
 
     @property
     def ok(self) -> bool:
@@ -123,9 +124,11 @@ class IngestService:
         source: str,
         affected_sop_instance_uid: str | None = None,
         policy: DuplicatePolicy | None = None,
+        expected_study_uid: str | None = None,
     ) -> IngestResult:
         """Ingest a complete Part 10 file from the staging area; it is consumed either way."""
         committed_key: str | None = None
+        parsed: ParsedInstance | None = None
         try:
             header = read_header(staged)
             parsed = parse_instance(header)
@@ -141,6 +144,13 @@ class IngestService:
                     IngestStatus.CANNOT_UNDERSTAND,
                     f"Affected SOP Instance UID {affected_sop_instance_uid} does not match "
                     f"the data set's SOP Instance UID {parsed.sop_instance_uid}",
+                )
+            if expected_study_uid and expected_study_uid != parsed.study_instance_uid:
+                # PS3.18 10.5: STOW-RS to /studies/{study} stores only that study's instances.
+                raise IngestFailure(
+                    IngestStatus.STUDY_MISMATCH,
+                    f"Study Instance UID {parsed.study_instance_uid} is not the study of the "
+                    f"request ({expected_study_uid})",
                 )
             sha256, size = _hash(staged)
             key = storage_key_for(parsed)
@@ -161,6 +171,9 @@ class IngestService:
             committed_key = None  # from here the writer owns the file
             outcome: WriteOutcome = future.result()
         except IngestFailure as failure:
+            if parsed is not None:
+                failure.sop_class_uid = parsed.sop_class_uid
+                failure.sop_instance_uid = parsed.sop_instance_uid
             self._discard(staged, committed_key)
             self.events.publish(InstanceRejected(source, str(failure), None))
             raise
@@ -193,6 +206,7 @@ class IngestService:
             sop_class_uid=parsed.sop_class_uid,
             study_instance_uid=parsed.study_instance_uid,
             message=warning,
+            series_instance_uid=parsed.series_instance_uid,
         )
 
     def ingest_file(self, path: Path, *, source: str) -> IngestResult:

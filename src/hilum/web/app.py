@@ -13,7 +13,7 @@ from hilum import __version__
 from hilum.app import Services
 from hilum.web import problems
 from hilum.web.api import changes, jobs, nodes, resources, system
-from hilum.web.dicomweb import qido, stow, wado, wado_uri
+from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
 
 DICOMWEB_PREFIX = "/dicomweb"
 
@@ -39,7 +39,7 @@ def create_app(services: Services) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning"],
             max_age=600,
         )
-    for module in (qido, wado, stow, wado_uri):
+    for module in (qido, wado, rendered, stow, wado_uri):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     app.include_router(system.router, prefix="/api/v1", tags=["system"])
     app.include_router(resources.router, prefix="/api/v1", tags=["resources"])

@@ -1,5 +1,322 @@
-"""(being written)"""
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data.
 
-from fastapi import APIRouter
+Instances stream from storage as stored (``transfer-syntax=*``) or are
+transcoded one at a time; metadata comes from the DICOM JSON kept in the index;
+frames are read by offset from the stored file.
+"""
 
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from hilum.app import Services
+from hilum.dicom.jsonmodel import with_base
+from hilum.dicom.pixels import (
+    DEFAULT_FRAME_SYNTAX,
+    FRAME_MEDIA_TYPE,
+    NotTranscodable,
+    PixelInfo,
+    frame_in,
+    pixel_info,
+    transcode_instance,
+)
+from hilum.index.metadata import json_texts, models_of
+from hilum.index.search import StoredInstance
+from hilum.web.deps import dicomweb_base
+from hilum.web.dicomweb.common import file_chunks, local_file, one_instance, stored_instances
+from hilum.web.dicomweb.json import DICOM_JSON
+from hilum.web.dicomweb.multipart import (
+    MediaRange,
+    Part,
+    multipart_content_type,
+    new_boundary,
+    parse_accept,
+    write_multipart,
+)
+from hilum.web.problems import Problem
+
+LOG = logging.getLogger(__name__)
 router = APIRouter()
+_DICOM = "application/dicom"
+_OCTETS = "application/octet-stream"
+_MULTIPART = "multipart/related"
+_RETRIEVE: dict[int | str, dict[str, Any]] = {
+    200: {"description": 'multipart/related; type="application/dicom"', "content": {_MULTIPART: {}}},
+    404: {"description": "unknown study, series or instance"},
+    406: {"description": "the asked-for media type or transfer syntax cannot be produced"},
+}
+
+
+# -- instances ---------------------------------------------------------------------------
+def _dicom_syntax(request: Request, single: bool) -> tuple[str, bool]:
+    """(transfer syntax or "*", multipart?) chosen from Accept (PS3.18 8.7.3)."""
+    for media in parse_accept(request.headers.get("accept")):
+        if media.type == _MULTIPART and (media.part_type in (None, _DICOM)):
+            return media.transfer_syntax or ExplicitVRLittleEndian, True
+        if media.type == _DICOM and single:
+            return media.transfer_syntax or ExplicitVRLittleEndian, False
+        if media.type in ("*/*", "multipart/*"):
+            return ExplicitVRLittleEndian, True
+    raise Problem(
+        406,
+        'instances are served as multipart/related; type="application/dicom"'
+        + (" or application/dicom" if single else ""),
+    )
+
+
+def _instance_parts(
+    services: Services, instances: list[StoredInstance], ts: str, first: bytes | None
+) -> Iterator[Part]:
+    for number, instance in enumerate(instances):
+        if ts == "*" or ts == instance.transfer_syntax_uid:
+            yield Part(
+                f"{_DICOM}; transfer-syntax={instance.transfer_syntax_uid}", file_chunks(services, instance)
+            )
+            continue
+        try:
+            data = (
+                first
+                if number == 0 and first is not None
+                else transcode_instance(local_file(services, instance), ts)
+            )
+            yield Part(f"{_DICOM}; transfer-syntax={ts}", [data])
+        except NotTranscodable as exc:
+            # The response has started: send this one as stored (its part says so).
+            LOG.warning("instance %s sent as stored: %s", instance.sop_instance_uid, exc)
+            yield Part(
+                f"{_DICOM}; transfer-syntax={instance.transfer_syntax_uid}", file_chunks(services, instance)
+            )
+
+
+def _retrieve(request: Request, study: str, series: str | None, sop: str | None) -> Response:
+    services: Services = request.app.state.services
+    ts, multipart = _dicom_syntax(request, single=sop is not None)
+    if ts != "*" and not UID(ts).is_valid:
+        raise Problem(400, f"transfer-syntax {ts!r} is not a UID")
+    with services.engine.connect() as conn:
+        instances = stored_instances(conn, study, series, sop)
+    first: bytes | None = None
+    head = instances[0]
+    if ts != "*" and ts != head.transfer_syntax_uid:
+        try:  # fail before the response starts when the first one cannot be transcoded
+            first = transcode_instance(local_file(services, head), ts)
+        except NotTranscodable as exc:
+            raise Problem(
+                406, f"cannot send {head.sop_instance_uid} as {UID(ts).name or ts}: {exc}"
+            ) from None
+    if not multipart:
+        body = first if first is not None else b"".join(file_chunks(services, head))
+        return Response(
+            body, media_type=f"{_DICOM}; transfer-syntax={ts if first else head.transfer_syntax_uid}"
+        )
+    boundary = new_boundary()
+    parts = _instance_parts(services, instances, ts, first)
+    return StreamingResponse(
+        write_multipart(parts, boundary),
+        media_type=multipart_content_type(_DICOM, boundary, None if ts == "*" else ts),
+    )
+
+
+@router.get("/studies/{study_uid}", summary="WADO-RS: retrieve a study", responses=_RETRIEVE)
+def retrieve_study(request: Request, study_uid: str) -> Response:
+    return _retrieve(request, study_uid, None, None)
+
+
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}", summary="WADO-RS: retrieve a series", responses=_RETRIEVE
+)
+def retrieve_series(request: Request, study_uid: str, series_uid: str) -> Response:
+    return _retrieve(request, study_uid, series_uid, None)
+
+
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+    summary="WADO-RS: retrieve an instance",
+    responses=_RETRIEVE,
+)
+def retrieve_instance(request: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
+    return _retrieve(request, study_uid, series_uid, sop_uid)
+
+
+# -- metadata ----------------------------------------------------------------------------
+def _metadata(request: Request, study: str, series: str | None, sop: str | None) -> Response:
+    services: Services = request.app.state.services
+    for media in parse_accept(request.headers.get("accept")):
+        if media.matches(DICOM_JSON) or media.type in ("application/json", "application/*"):
+            break
+    else:
+        raise Problem(406, "metadata is served as application/dicom+json")
+    with services.engine.connect() as conn:
+        models = models_of(conn, study, series, sop)
+    base = dicomweb_base(request)
+
+    def body() -> Iterator[bytes]:
+        yield b"["
+        for number, text in enumerate(json_texts(services.engine, services.storage, models)):
+            yield (b"," if number else b"") + with_base(text, base)
+        yield b"]"
+
+    if len(models) <= 64:  # small answers in one piece (Content-Length, no chunking)
+        return Response(b"".join(body()), media_type=DICOM_JSON)
+    return StreamingResponse(body(), media_type=DICOM_JSON)
+
+
+_METADATA: dict[int | str, dict[str, Any]] = {
+    200: {"description": "DICOM JSON array", "content": {DICOM_JSON: {}}},
+    404: {"description": "unknown"},
+}
+
+
+@router.get("/studies/{study_uid}/metadata", summary="WADO-RS: study metadata", responses=_METADATA)
+def study_metadata(request: Request, study_uid: str) -> Response:
+    return _metadata(request, study_uid, None, None)
+
+
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}/metadata",
+    summary="WADO-RS: series metadata",
+    responses=_METADATA,
+)
+def series_metadata(request: Request, study_uid: str, series_uid: str) -> Response:
+    return _metadata(request, study_uid, series_uid, None)
+
+
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/metadata",
+    summary="WADO-RS: instance metadata",
+    responses=_METADATA,
+)
+def instance_metadata(request: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
+    return _metadata(request, study_uid, series_uid, sop_uid)
+
+
+# -- frames ------------------------------------------------------------------------------
+def parse_frame_list(text: str, frames: int) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise Problem(400, f"frame list {text!r}: frame numbers are integers from 1")
+        if int(item) > frames:
+            raise Problem(404, f"frame {item} does not exist: the instance has {frames} frame(s)")
+        numbers.append(int(item))
+    return numbers
+
+
+def _frame_choice(accept: list[MediaRange], info: PixelInfo) -> tuple[str, str, bool]:
+    """(transfer syntax to produce, part media type, multipart?) for frames (PS3.18 8.7.3.3.2)."""
+    for media in accept:
+        multipart = media.type in (_MULTIPART, "*/*")
+        kind = (media.part_type or _OCTETS) if media.type == _MULTIPART else media.type
+        if kind in ("*/*", "*"):
+            kind = _OCTETS
+        requested = media.transfer_syntax
+        if kind == _OCTETS:
+            ts = requested or ExplicitVRLittleEndian
+        elif kind == "image/*":
+            ts = requested or "*"
+        elif kind in DEFAULT_FRAME_SYNTAX:
+            ts = requested or DEFAULT_FRAME_SYNTAX[kind]
+            if ts == "*" and FRAME_MEDIA_TYPE.get(info.transfer_syntax) != kind:
+                ts = DEFAULT_FRAME_SYNTAX[kind]
+        else:
+            continue
+        if ts == "*":  # as stored; native frames always go out as little endian octets
+            ts = info.transfer_syntax if info.encapsulated else ExplicitVRLittleEndian
+        return ts, FRAME_MEDIA_TYPE.get(ts, _OCTETS), multipart
+    raise Problem(
+        406,
+        "frames are served as multipart/related with application/octet-stream, "
+        "image/jpeg, image/jls, image/jp2, image/jphc or image/x-dicom-rle parts",
+    )
+
+
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/frames/{frame_list}",
+    summary="WADO-RS: frames of an instance",
+    responses={200: {"content": {_MULTIPART: {}}, "description": "frames"}, 406: {"description": "-"}},
+)
+def retrieve_frames(
+    request: Request, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
+) -> Response:
+    services: Services = request.app.state.services
+    instance = one_instance(services, study_uid, series_uid, sop_uid)
+    path = local_file(services, instance)
+    try:
+        info = pixel_info(path)
+    except NotTranscodable as exc:
+        raise Problem(404, f"instance {sop_uid} has no frames: {exc}") from None
+    numbers = parse_frame_list(frame_list, info.frames)
+    ts, media, multipart = _frame_choice(parse_accept(request.headers.get("accept")), info)
+    try:
+        first = frame_in(path, info, numbers[0] - 1, ts)
+    except NotTranscodable as exc:
+        raise Problem(406, str(exc)) from None
+    part_type = f"{media}; transfer-syntax={ts}"
+    if not multipart:
+        if len(numbers) > 1:
+            raise Problem(406, "several frames need a multipart/related response")
+        return Response(first, media_type=part_type)
+
+    def parts() -> Iterator[Part]:
+        yield Part(part_type, [first])
+        for number in numbers[1:]:
+            yield Part(part_type, [frame_in(path, info, number - 1, ts)])
+
+    boundary = new_boundary()
+    return StreamingResponse(
+        write_multipart(parts(), boundary), media_type=multipart_content_type(media, boundary)
+    )
+
+
+# -- bulk data ---------------------------------------------------------------------------
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata/{tag}",
+    summary="WADO-RS: a bulk data value (as referenced by BulkDataURI in metadata)",
+)
+def retrieve_bulkdata(request: Request, study_uid: str, series_uid: str, sop_uid: str, tag: str) -> Response:
+    services: Services = request.app.state.services
+    if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
+        raise Problem(400, f"bulk data tag {tag[:20]!r} is not 8 hex digits")
+    instance = one_instance(services, study_uid, series_uid, sop_uid)
+    path = local_file(services, instance)
+    number = int(tag, 16)
+    if number == 0x7FE00010:
+        info = pixel_info(path)
+        if info.encapsulated:  # one part per frame, as stored
+            media = FRAME_MEDIA_TYPE.get(info.transfer_syntax, _OCTETS)
+            part_type = f"{media}; transfer-syntax={info.transfer_syntax}"
+            boundary = new_boundary()
+            frames = (Part(part_type, [frame_in(path, info, i, "*")]) for i in range(info.frames))
+            return StreamingResponse(
+                write_multipart(frames, boundary), media_type=multipart_content_type(media, boundary)
+            )
+    with path.open("rb") as handle:
+        ds = dcmread(handle, defer_size=256)
+    raw: Any = ds._dict.get(BaseTag(number))
+    if raw is None:
+        raise Problem(404, f"instance {sop_uid} has no attribute ({tag[:4]},{tag[4:]})")
+    if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
+        start, length = raw.value_tell, raw.length
+        body: Any = services.storage.open_range(instance.storage_key, start, length)
+    else:
+        value = raw.value if isinstance(raw, RawDataElement) else ds[BaseTag(number)].value
+        body = [value if isinstance(value, bytes) else str(value).encode()]
+    for accepted in parse_accept(request.headers.get("accept")):
+        if accepted.type == _OCTETS:
+            return StreamingResponse(iter(body), media_type=_OCTETS)
+        if accepted.type in (_MULTIPART, "*/*"):
+            break
+    boundary = new_boundary()
+    return StreamingResponse(
+        write_multipart([Part(_OCTETS, body)], boundary), media_type=multipart_content_type(_OCTETS, boundary)
+    )
