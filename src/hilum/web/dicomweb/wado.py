@@ -160,12 +160,21 @@ def _metadata(request: Request, study: str, series: str | None, sop: str | None)
     base = dicomweb_base(request)
 
     def body() -> Iterator[bytes]:
-        yield b"["
+        # Few, large chunks: each chunk of a streamed answer costs a thread hop.
+        pending: list[bytes] = [b"["]
+        size = 0
         for number, text in enumerate(json_texts(services.engine, services.storage, models)):
-            yield (b"," if number else b"") + with_base(text, base)
-        yield b"]"
+            if number:
+                pending.append(b",")
+            pending.append(with_base(text, base))
+            size += len(text)
+            if size >= 1 << 20:
+                yield b"".join(pending)
+                pending, size = [], 0
+        pending.append(b"]")
+        yield b"".join(pending)
 
-    if len(models) <= 64:  # small answers in one piece (Content-Length, no chunking)
+    if len(models) <= 256:  # small answers in one piece (with a Content-Length)
         return Response(b"".join(body()), media_type=DICOM_JSON)
     return StreamingResponse(body(), media_type=DICOM_JSON)
 
