@@ -79,7 +79,7 @@ def _element_json(ds: Dataset, tag: BaseTag, element: Any) -> dict[str, Any]:
 def pack(model: dict[str, Any]) -> bytes:
     """Compact, compressed form kept in the index (about a tenth of the text)."""
     text = json.dumps(model, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return zlib.compress(text, 6)
+    return zlib.compress(text, 1)
 
 
 def unpack(blob: bytes) -> bytes:
