@@ -10,7 +10,7 @@ or series at those levels), after the indexed constraints narrowed the rows.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, func, select
 from hilum.app import Services
 from hilum.domain.attributes import BY_KEYWORD, Level
 from hilum.domain.errors import InvalidQuery
-from hilum.domain.query import Constraint, Query, matches, parse_constraint
+from hilum.domain.query import Constraint, MatchKind, Query, matches, parse_constraint
 from hilum.index.metadata import StoredModel, as_dict, models_by_pk
 from hilum.index.models import instances_t, series_t
 from hilum.index.search import Hit, search
@@ -70,6 +70,8 @@ DEFAULT_KEYS: dict[Level, list[str]] = {
     ],
 }
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
+# Numbers in the DICOM JSON model are JSON numbers (DS "5" is 5.0): match them by value.
+_NUMERIC_VRS = frozenset({"DS", "FL", "FD", "IS", "SL", "SS", "UL", "US", "SV", "UV"})
 _IGNORED = {"charset"}  # accepted, no effect: results are UTF-8 JSON
 
 
@@ -160,11 +162,27 @@ def parse_request(request: Request, level: Level, fixed: dict[str, str], service
 
 
 def _add_constraint(result: QidoRequest, tag: int, keyword: str, vr: str, value: str) -> None:
+    if vr == "UI":
+        # PS3.18 8.3.4.1: uid-list-match is attribute=1#value, a comma-separated list
+        # (the backslash of C-FIND identifiers is accepted as well).
+        value = value.replace(",", "\\")
     attr = BY_KEYWORD.get(keyword)
     if attr is not None:
         result.query.constraints.append(parse_constraint(keyword, attr.vr, value))
-    else:
-        result.extra.append((tag, parse_constraint(keyword, vr, value)))
+        return
+    constraint = parse_constraint(keyword, vr, value)
+    if vr in _NUMERIC_VRS and constraint.kind in (MatchKind.SINGLE, MatchKind.LIST):
+        try:
+            constraint = replace(constraint, values=tuple(_number_text(v) for v in constraint.values))
+        except ValueError:
+            raise InvalidQuery(f"{keyword}: {value!r} is not a number") from None
+    result.extra.append((tag, constraint))
+
+
+def _number_text(value: Any) -> str:
+    """One text per numeric value: "5", "5.0" and 5.0 are all "5"."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def _representatives(conn: Connection, level: Level, pks: list[int]) -> dict[int, int]:
@@ -194,10 +212,16 @@ def _values_of(model: dict[str, Any], tag: int) -> list[str]:
     if not found:
         return []
     values = found.get("Value") or []
+    numeric = found.get("vr") in _NUMERIC_VRS
     out = []
     for value in values:
         if isinstance(value, dict):
             out.append(value.get("Alphabetic", ""))
+        elif numeric:
+            try:
+                out.append(_number_text(value))
+            except ValueError:
+                out.append(str(value))
         else:
             out.append(str(value))
     return out
