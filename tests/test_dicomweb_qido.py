@@ -46,28 +46,57 @@ def qido(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 def data(qido: Any) -> Data:
     client, _ = make_client(qido)
     a = make_study(
-        StudySpec(patient_id="Q-A", patient_name="DOE^JANE", study_date="20240115", study_time="101500",
-                  accession="ACC-A", description="CT CHEST", series=2, slices=2)
+        StudySpec(
+            patient_id="Q-A",
+            patient_name="DOE^JANE",
+            study_date="20240115",
+            study_time="101500",
+            accession="ACC-A",
+            description="CT CHEST",
+            series=2,
+            slices=2,
+        )
     )
     _set(a, InstitutionAddress="1 Main Street", KVP="120")
     _set(a[:2], SliceThickness="1.25", Manufacturer="ACME")
     _set(a[2:], SliceThickness="5", Manufacturer="Globex")
     b = make_study(
-        StudySpec(patient_id="Q-B", patient_name="SMITH^JOHN^PAUL", study_date="20230601",
-                  study_time="083000", accession="ACC-B", description="MR BRAIN", modality="MR", slices=2)
+        StudySpec(
+            patient_id="Q-B",
+            patient_name="SMITH^JOHN^PAUL",
+            study_date="20230601",
+            study_time="083000",
+            accession="ACC-B",
+            description="MR BRAIN",
+            modality="MR",
+            slices=2,
+        )
     )
     _set(b, InstitutionAddress="22 Side Road", SliceThickness="3")
     c = make_study(
-        StudySpec(patient_id="Q-C", patient_name="Doe^John", study_date="20221231", study_time="235959",
-                  accession="ACC-C2", description="CT ABDOMEN", slices=1)
+        StudySpec(
+            patient_id="Q-C",
+            patient_name="Doe^John",
+            study_date="20221231",
+            study_time="235959",
+            accession="ACC-C2",
+            description="CT ABDOMEN",
+            slices=1,
+        )
     )
     _set(c, InstitutionAddress="1 Main Street", KVP="100", SliceThickness="1.25")
     for study in (a, b, c):
         client.store_instances(study)
     pages = []
     for number in range(25):
-        spec = StudySpec(patient_id="PAGE", patient_name=f"PAGE^{number:02d}",
-                         study_date=f"201001{number + 1:02d}", description="PAGING", slices=1, size=4)
+        spec = StudySpec(
+            patient_id="PAGE",
+            patient_name=f"PAGE^{number:02d}",
+            study_date=f"201001{number + 1:02d}",
+            description="PAGING",
+            slices=1,
+            size=4,
+        )
         pages.append(spec.study_uid)
         client.store_instances(make_study(spec))
     many = make_study(
@@ -174,14 +203,16 @@ def test_includefield(qido: Any, data: Data) -> None:
     client, _ = make_client(qido)
     a = data.a[0]
     # By tag and by keyword; an indexed series attribute that is not a default one.
-    (series,) = client.search_for_series(a.StudyInstanceUID, search_filters={"SeriesNumber": "1"},
-                                         fields=["00080070"])
+    (series,) = client.search_for_series(
+        a.StudyInstanceUID, search_filters={"SeriesNumber": "1"}, fields=["00080070"]
+    )
     assert values(series, "00080070") == ["ACME"]
     (series,) = client.search_for_series(a.StudyInstanceUID, search_filters={"SeriesNumber": "2"})
     assert "00080070" not in series  # not asked for
     # Attributes without an index column, from the stored DICOM JSON.
-    results = client.search_for_instances(a.StudyInstanceUID, a.SeriesInstanceUID,
-                                          fields=["SliceThickness", "KVP", "00080081"])
+    results = client.search_for_instances(
+        a.StudyInstanceUID, a.SeriesInstanceUID, fields=["SliceThickness", "KVP", "00080081"]
+    )
     assert len(results) == 2
     for result in results:
         assert values(result, "00180050") == [1.25]
@@ -201,8 +232,9 @@ def test_includefield_all(qido: Any, data: Data) -> None:
     assert values(study, "00100010") == [{"Alphabetic": "DOE^JANE"}]
     assert values(study, "00201206") == [2] and values(study, "00201208") == [4]
     assert values(study, "00080061") == ["CT"]
-    (instance,) = client.search_for_instances(search_filters={"SOPInstanceUID": a.SOPInstanceUID},
-                                              fields=["all"])
+    (instance,) = client.search_for_instances(
+        search_filters={"SOPInstanceUID": a.SOPInstanceUID}, fields=["all"]
+    )
     assert values(instance, "00180050") == [1.25]  # from the data set
     assert values(instance, "00200032") == [0, 0, 0]
     assert values(instance, "00280010") == [64]

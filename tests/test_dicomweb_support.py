@@ -137,9 +137,7 @@ def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], byte
     """The parts of a multipart/related response: (headers, body)."""
     media, _, rest = response.headers["content-type"].partition(";")
     assert media.strip() == "multipart/related", response.headers["content-type"]
-    params = dict(
-        p.strip().split("=", 1) for p in rest.split(";") if "=" in p
-    )
+    params = dict(p.strip().split("=", 1) for p in rest.split(";") if "=" in p)
     boundary = params["boundary"].strip('"').encode()
     body = response.content
     parts = []

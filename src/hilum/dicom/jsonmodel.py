@@ -22,6 +22,11 @@ from pydicom.tag import BaseTag
 
 BASE_PLACEHOLDER = "@@HILUM_BASE@@"
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# PS3.18 F.2.2: the only VRs a BulkDataURI may stand for. Large values of any other
+# VR (a long SQ such as an SR's Content Sequence, UI, PN, ...) are given inline.
+_BULK_URI_VRS = _BULK_VRS | {
+    "DS", "FL", "FD", "IS", "LT", "SL", "SS", "ST", "SV", "UC", "UL", "US", "UT", "UV"
+}
 # Binary values above this size are referenced, not inlined (PS3.18 F.2.7).
 BULK_THRESHOLD = 1024
 _NESTED_INLINE = 1 << 30  # bulk data inside sequences stays inline (no nested bulk URIs)
@@ -39,9 +44,15 @@ def _vr_of(raw: RawDataElement) -> str:
     if raw.VR:
         return str(raw.VR)
     try:
-        return str(dictionary_VR(raw.tag))
+        vr = str(dictionary_VR(raw.tag))
     except KeyError:
         return "UN"
+    if " or " in vr:
+        # Implicit VR: "OB or OW" values (Pixel Data, ...) are OW (PS3.5 A.1), so large
+        # ones become bulk data like any other; "US or SS" takes the first.
+        options = vr.split(" or ")
+        return "OW" if "OW" in options else options[0]
+    return vr
 
 
 def instance_json(ds: Dataset, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]:
@@ -56,7 +67,7 @@ def instance_json(ds: Dataset, study_uid: str, series_uid: str, sop_uid: str) ->
             vr = _vr_of(element)
             deferred = element.value is None and element.length not in (0,)
             large_binary = vr in _BULK_VRS and element.length > BULK_THRESHOLD
-            if deferred or large_binary:
+            if (deferred or large_binary) and vr in _BULK_URI_VRS:
                 out[key] = {"vr": vr, "BulkDataURI": bulkdata_uri(study_uid, series_uid, sop_uid, tag)}
                 continue
         out[key] = _element_json(ds, tag, element)

@@ -58,7 +58,7 @@ FRAME_MEDIA_TYPE: dict[str, str] = {
     HTJ2K_LOSSLESS: "image/jphc",
     HTJ2K_LOSSLESS_RPCL: "image/jphc",
     HTJ2K_LOSSY: "image/jphc",
-    RLELossless: "image/x-dicom-rle",
+    RLELossless: "image/dicom-rle",
     UID("1.2.840.10008.1.2.4.100"): "video/mpeg",
     UID("1.2.840.10008.1.2.4.102"): "video/mp4",
     UID("1.2.840.10008.1.2.4.103"): "video/mp4",
@@ -70,8 +70,10 @@ DEFAULT_FRAME_SYNTAX: dict[str, str] = {
     "image/jls": JPEGLSLossless,
     "image/jp2": JPEG2000Lossless,
     "image/jphc": HTJ2K_LOSSLESS,
-    "image/x-dicom-rle": RLELossless,
+    "image/dicom-rle": RLELossless,
 }
+# Earlier names of frame media types, still sent by clients (e.g. dicomweb-client offers both).
+MEDIA_TYPE_ALIASES: dict[str, str] = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 LOSSY = frozenset(
     {JPEGBaseline8Bit, JPEG2000, JPEGLSNearLossless, HTJ2K_LOSSY, UID("1.2.840.10008.1.2.4.51")}
 )

@@ -23,6 +23,7 @@ from hilum.dicom.jsonmodel import with_base
 from hilum.dicom.pixels import (
     DEFAULT_FRAME_SYNTAX,
     FRAME_MEDIA_TYPE,
+    MEDIA_TYPE_ALIASES,
     NotTranscodable,
     PixelInfo,
     frame_in,
@@ -106,6 +107,8 @@ def _retrieve(request: Request, study: str, series: str | None, sop: str | None)
         instances = stored_instances(conn, study, series, sop)
     first: bytes | None = None
     head = instances[0]
+    if not services.storage.exists(head.storage_key):  # answer 500, not a response cut short
+        raise Problem(500, f"the stored file of instance {head.sop_instance_uid} is missing")
     if ts != "*" and ts != head.transfer_syntax_uid:
         try:  # fail before the response starts when the first one cannot be transcoded
             first = transcode_instance(local_file(services, head), ts)
@@ -226,6 +229,7 @@ def _frame_choice(accept: list[MediaRange], info: PixelInfo) -> tuple[str, str, 
     for media in accept:
         multipart = media.type in (_MULTIPART, "*/*")
         kind = (media.part_type or _OCTETS) if media.type == _MULTIPART else media.type
+        kind = MEDIA_TYPE_ALIASES.get(kind, kind)
         if kind in ("*/*", "*"):
             kind = _OCTETS
         requested = media.transfer_syntax
@@ -245,7 +249,7 @@ def _frame_choice(accept: list[MediaRange], info: PixelInfo) -> tuple[str, str, 
     raise Problem(
         406,
         "frames are served as multipart/related with application/octet-stream, "
-        "image/jpeg, image/jls, image/jp2, image/jphc or image/x-dicom-rle parts",
+        "image/jpeg, image/jls, image/jp2, image/jphc or image/dicom-rle parts",
     )
 
 
@@ -301,13 +305,24 @@ def retrieve_bulkdata(request: Request, study_uid: str, series_uid: str, sop_uid
     number = int(tag, 16)
     if number == 0x7FE00010:
         info = pixel_info(path)
-        if info.encapsulated:  # one part per frame, as stored
-            media = FRAME_MEDIA_TYPE.get(info.transfer_syntax, _OCTETS)
-            part_type = f"{media}; transfer-syntax={info.transfer_syntax}"
+        if info.encapsulated:
+            # One part per frame, in the media type asked for: uncompressed octets unless
+            # the stored (or another) encoding is asked for (PS3.18 8.7.3.3).
+            ts, media, _ = _frame_choice(parse_accept(request.headers.get("accept")), info)
+            try:
+                first = frame_in(path, info, 0, ts)
+            except NotTranscodable as exc:
+                raise Problem(406, str(exc)) from None
+            part_type = f"{media}; transfer-syntax={ts}"
+
+            def frame_parts() -> Iterator[Part]:
+                yield Part(part_type, [first])
+                for index in range(1, info.frames):
+                    yield Part(part_type, [frame_in(path, info, index, ts)])
+
             boundary = new_boundary()
-            frames = (Part(part_type, [frame_in(path, info, i, "*")]) for i in range(info.frames))
             return StreamingResponse(
-                write_multipart(frames, boundary), media_type=multipart_content_type(media, boundary)
+                write_multipart(frame_parts(), boundary), media_type=multipart_content_type(media, boundary)
             )
     with path.open("rb") as handle:
         ds = dcmread(handle, defer_size=256)
