@@ -20,6 +20,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, get_frame
+from pydicom.multival import MultiValue
 from pydicom.pixels import pixel_array
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -303,7 +304,8 @@ def transcode_instance(path: Path, ts: str) -> bytes:
         raise NotTranscodable(f"cannot encode instances as {target.name or ts}")
     arr = ds.pixel_array
     frames = [arr] if info.frames == 1 else list(arr)
-    ds.PixelData = encapsulate([encoder(frame, info) for frame in frames])
+    encoded = [encoder(frame, info) for frame in frames]
+    ds.PixelData = encapsulate(encoded)
     ds["PixelData"].VR = "OB"
     if info.samples == 3:
         ds.PlanarConfiguration = 0
@@ -313,8 +315,33 @@ def transcode_instance(path: Path, ts: str) -> bytes:
             else ("YBR_RCT" if target == JPEG2000Lossless else "YBR_ICT" if target == JPEG2000 else "RGB")
         )
     if target in LOSSY:
-        ds.LossyImageCompression = "01"
+        ratio = info.frame_length * info.frames / max(1, sum(len(f) for f in encoded))
+        _record_lossy(ds, _LOSSY_METHOD.get(target, "ISO_10918_1"), ratio)
     return _write(ds, target)
+
+
+# PS3.3 C.7.6.1.1.5.1: Lossy Image Compression Method defined terms.
+_LOSSY_METHOD = {
+    JPEGBaseline8Bit: "ISO_10918_1",
+    JPEG2000: "ISO_15444_1",
+    JPEGLSNearLossless: "ISO_14495_1",
+    HTJ2K_LOSSY: "ISO_15444_15",
+}
+
+
+def _record_lossy(ds: Dataset, method: str, ratio: float) -> None:
+    """Lossy Image Compression "01" with its method and ratio appended to any earlier ones
+    (PS3.3 C.7.6.1.1.5; Type 1C in the enhanced image modules)."""
+
+    def earlier(keyword: str) -> list[Any]:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return []
+        return list(value) if isinstance(value, MultiValue | list) else [value]
+
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = [*earlier("LossyImageCompressionMethod"), method]
+    ds.LossyImageCompressionRatio = [*earlier("LossyImageCompressionRatio"), f"{ratio:.3f}"]
 
 
 def _write(ds: Dataset, ts: UID) -> bytes:
