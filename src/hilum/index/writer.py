@@ -16,12 +16,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -215,6 +215,7 @@ class IndexWriter:
                     conn.info["sqlite_begin"] = "IMMEDIATE"
                     try:
                         with conn.begin():
+                            lock_change_feed(conn)
                             aggregates = Aggregates()
                             results = [(w, apply_write(conn, w, aggregates)) for w in batch]
                             aggregates.apply(conn)
@@ -251,12 +252,45 @@ class _FileLock:
     def __exit__(self, *_exc: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def close(self) -> None:
+        os.close(self._fd)
+
 
 def _writer_lock_for(engine: Engine) -> Any:
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         return _FileLock(database + ".writer-lock")
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def index_write_lock(engine: Engine) -> Iterator[None]:
+    """Hold the writers' per-database lock once, for a writer outside IndexWriter (deletion)."""
+    lock = _writer_lock_for(engine)
+    try:
+        with lock:
+            yield
+    finally:
+        if isinstance(lock, _FileLock):
+            lock.close()
+
+
+# pg_advisory_xact_lock key of the change feed ("hilum" in ASCII).
+CHANGE_FEED_LOCK = 0x68696C756D
+
+
+def lock_change_feed(conn: Connection) -> None:
+    """Call first in every transaction that may append to ``changes``.
+
+    A sequence hands out numbers when a row is inserted, but the row becomes
+    visible when its transaction commits: two writers in different processes
+    could commit seq 10 before seq 9, and a reader that has seen 10 would never
+    see 9. One transaction-scoped lock held from the start of each writing
+    transaction to its commit makes commit order equal sequence order on
+    PostgreSQL. On SQLite, BEGIN IMMEDIATE serializes writers already.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_FEED_LOCK})
 
 
 class _SyncFailed(Exception):

@@ -1,0 +1,1 @@
+"""Exporting stored instances: zip archives with a DICOMDIR (PS3.10 File-sets)."""
