@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -203,3 +204,41 @@ conflicts_t = table_of(PatientConflict)
 changes_t = table_of(Change)
 remote_aes_t = table_of(RemoteNode)
 commitments_t = table_of(CommitmentRequest)
+
+
+class Job(Base):
+    """A durable job (C-STORE to a remote AE, or C-MOVE from one), run step by step.
+
+    ``state_json`` is the serialized step state (what was handled, what must be
+    resent), saved with the progress counters so a restart resumes the job.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # store | move
+    # queued | running | succeeded | failed | cancelled
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)  # move: remote AE name
+    destination: Mapped[str] = mapped_column(String(64))  # store: remote AE name; move: AE title
+    params_json: Mapped[str] = mapped_column(Text, default="{}")  # the request
+    state_json: Mapped[str] = mapped_column(Text, default="{}")
+    total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    retry_delay: Mapped[float] = mapped_column(Float, default=10.0)  # seconds, doubled per attempt
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The Hilum node running it, and when it last said so (stale = crashed node).
+    owner: Mapped[str | None] = mapped_column(Text, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+jobs_t = table_of(Job)

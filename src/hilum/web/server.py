@@ -10,6 +10,7 @@ import uvicorn
 from hilum.app import build_services
 from hilum.config import Settings
 from hilum.domain.errors import HilumError
+from hilum.jobs.runner import JobRunner
 from hilum.web.app import create_app
 
 
@@ -19,6 +20,9 @@ class HttpServer:
         self.services = build_services(settings)
         self.services.writer.start()
         self.app = create_app(self.services)
+        # Durable jobs (send / move) run in this process; the API wakes the runner.
+        self.jobs = JobRunner(self.services)
+        self.app.state.jobs = self.jobs
         config = uvicorn.Config(
             self.app,
             host=settings.http.host,
@@ -42,8 +46,10 @@ class HttpServer:
             if time.monotonic() > deadline:
                 raise HilumError("HTTP server did not start in time")
             time.sleep(0.05)
+        self.jobs.start()
 
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self.jobs.stop()
         self.services.close()
