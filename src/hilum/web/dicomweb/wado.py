@@ -58,20 +58,27 @@ _RETRIEVE: dict[int | str, dict[str, Any]] = {
 
 
 # -- instances ---------------------------------------------------------------------------
-def _dicom_syntax(request: Request, single: bool) -> tuple[str, bool]:
-    """(transfer syntax or "*", multipart?) chosen from Accept (PS3.18 8.7.3)."""
+def _dicom_syntaxes(request: Request, single: bool) -> list[tuple[str, bool]]:
+    """The acceptable (transfer syntax or "*", multipart?) choices from Accept, best first
+    (PS3.18 8.7.3)."""
+    choices: list[tuple[str, bool]] = []
     for media in parse_accept(request.headers.get("accept")):
         if media.type == _MULTIPART and (media.part_type in (None, _DICOM)):
-            return media.transfer_syntax or ExplicitVRLittleEndian, True
-        if media.type == _DICOM and single:
-            return media.transfer_syntax or ExplicitVRLittleEndian, False
-        if media.type in ("*/*", "multipart/*"):
-            return ExplicitVRLittleEndian, True
-    raise Problem(
-        406,
-        'instances are served as multipart/related; type="application/dicom"'
-        + (" or application/dicom" if single else ""),
-    )
+            choices.append((media.transfer_syntax or ExplicitVRLittleEndian, True))
+        elif media.type == _DICOM and single:
+            choices.append((media.transfer_syntax or ExplicitVRLittleEndian, False))
+        elif media.type in ("*/*", "multipart/*"):
+            choices.append((ExplicitVRLittleEndian, True))
+    if not choices:
+        raise Problem(
+            406,
+            'instances are served as multipart/related; type="application/dicom"'
+            + (" or application/dicom" if single else ""),
+        )
+    for ts, _ in choices:
+        if ts != "*" and not UID(ts).is_valid:
+            raise Problem(400, f"transfer-syntax {ts!r} is not a UID")
+    return choices
 
 
 def _instance_parts(
@@ -100,22 +107,28 @@ def _instance_parts(
 
 def _retrieve(request: Request, study: str, series: str | None, sop: str | None) -> Response:
     services: Services = request.app.state.services
-    ts, multipart = _dicom_syntax(request, single=sop is not None)
-    if ts != "*" and not UID(ts).is_valid:
-        raise Problem(400, f"transfer-syntax {ts!r} is not a UID")
+    choices = _dicom_syntaxes(request, single=sop is not None)
     with services.engine.connect() as conn:
         instances = stored_instances(conn, study, series, sop)
-    first: bytes | None = None
     head = instances[0]
     if not services.storage.exists(head.storage_key):  # answer 500, not a response cut short
         raise Problem(500, f"the stored file of instance {head.sop_instance_uid} is missing")
-    if ts != "*" and ts != head.transfer_syntax_uid:
-        try:  # fail before the response starts when the first one cannot be transcoded
+    # The best acceptable choice the first instance can be sent in; the others follow it.
+    # Decided before the response starts, so that nothing acceptable is a 406.
+    reasons: list[str] = []
+    first: bytes | None = None
+    for choice in choices:
+        ts = choice[0]
+        if ts == "*" or ts == head.transfer_syntax_uid:
+            break
+        try:
             first = transcode_instance(local_file(services, head), ts)
+            break
         except NotTranscodable as exc:
-            raise Problem(
-                406, f"cannot send {head.sop_instance_uid} as {UID(ts).name or ts}: {exc}"
-            ) from None
+            reasons.append(f"cannot send {head.sop_instance_uid} as {UID(ts).name or ts}: {exc}")
+    else:
+        raise Problem(406, "; ".join(reasons))
+    ts, multipart = choice
     if not multipart:
         body = first if first is not None else b"".join(file_chunks(services, head))
         return Response(
