@@ -45,6 +45,22 @@ class Data:
     rgb_rle: Dataset  # SC_rgb_rle.dcm: RLE colour
     sr: Dataset  # test-SR.dcm: no pixels, a Content Sequence longer than the deferral size
     implicit: Dataset  # MR_small_implicit.dcm: implicit VR little endian
+    bits: Dataset  # single-bit multi-frame, frames not byte aligned (3 x 5x5)
+
+
+BIT_FRAMES = np.random.default_rng(7).integers(0, 2, (3, 5, 5), dtype=np.uint8)
+
+
+def _single_bit() -> Dataset:
+    (ds,) = make_study(StudySpec(slices=1, patient_id="W-BITS", size=5))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    del ds.RescaleIntercept, ds.RescaleSlope
+    ds.NumberOfFrames = 3
+    packed = np.packbits(BIT_FRAMES.ravel(), bitorder="little").tobytes()  # 75 bits: 10 bytes
+    ds.PixelData = packed
+    ds["PixelData"].VR = "OB"
+    return ds
 
 
 def uids(ds: Dataset) -> tuple[str, str, str]:
@@ -71,9 +87,10 @@ def data(wado: Any) -> Data:
         sample("SC_rgb_rle.dcm"),
         sample("test-SR.dcm"),
         sample("MR_small_implicit.dcm"),
+        _single_bit(),
     )
     client.store_instances(
-        [*study, data.ct, data.emri, data.emri_rle, data.j2k, data.rgb_rle, data.sr, data.implicit]
+        [*study, data.ct, data.emri, data.emri_rle, data.j2k, data.rgb_rle, data.sr, data.implicit, data.bits]
     )
     return data
 
@@ -211,6 +228,16 @@ def test_frames_of_native_instances(wado: Any, data: Data) -> None:
     assert frames == [data.emri.PixelData[(n - 1) * size : n * size] for n in (2, 10, 5)]
     octets = client.retrieve_instance_frames(*uids(data.emri), [3], media_types=("application/octet-stream",))
     assert octets == [data.emri.PixelData[2 * size : 3 * size]]
+
+
+def test_frames_of_single_bit_images_are_packed_each_from_a_byte_boundary(wado: Any, data: Data) -> None:
+    client, _ = make_client(wado)
+    assert np.array_equal(data.bits.pixel_array, BIT_FRAMES)
+    frames = client.retrieve_instance_frames(*uids(data.bits), [1, 2, 3])
+    assert frames == [np.packbits(f.ravel(), bitorder="little").tobytes() for f in BIT_FRAMES]
+    assert [len(f) for f in frames] == [4, 4, 4]  # 25 bits each
+    png = client.retrieve_instance_frames_rendered(*uids(data.bits), [2], media_types=("image/png",))
+    assert np.array_equal(_image(png, "PNG"), BIT_FRAMES[1] * 255)
 
 
 def test_frames_of_compressed_instances(wado: Any, data: Data) -> None:
@@ -382,6 +409,28 @@ def test_wado_uri(wado: Any, data: Data) -> None:
         url, params={"requestType": "WADO", **sr, "contentType": "image/jpeg,application/dicom"}
     )
     assert response.status_code == 200 and dcmread(io.BytesIO(response.content)) == data.sr
+
+
+def test_wado_uri_transfer_syntax(wado: Any, data: Data) -> None:
+    """PS3.18 9.4.2.4: explicit VR little endian unless asked otherwise (a lossy form may stay)."""
+    url = f"{base_url(wado)}/wado"
+
+    def get(ds: Dataset, **extra: str) -> httpx.Response:
+        ids = dict(zip(("studyUID", "seriesUID", "objectUID"), uids(ds), strict=True))
+        return httpx.get(
+            url, params={"requestType": "WADO", **ids, "contentType": "application/dicom", **extra}
+        )
+
+    for stored in (data.emri_rle, data.implicit):  # RLE, implicit VR
+        got = dcmread(io.BytesIO(get(stored).content))
+        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert np.array_equal(got.pixel_array, stored.pixel_array)
+    got = dcmread(io.BytesIO(get(data.j2k).content))
+    assert got.file_meta.TransferSyntaxUID == data.j2k.file_meta.TransferSyntaxUID  # possibly lossy: as is
+    got = dcmread(io.BytesIO(get(data.ct, transferSyntax="1.2.840.10008.1.2.4.80").content))
+    assert np.array_equal(got.pixel_array, data.ct.pixel_array)
+    problem(get(data.ct, transferSyntax="not-a-uid"), 400)
+    problem(get(data.ct, transferSyntax="1.2.3.4.5"), 406)
 
 
 # -- unknown and malformed UIDs -----------------------------------------------------------------

@@ -145,10 +145,15 @@ def stored_frame(path: Path, info: PixelInfo, index: int) -> bytes:
             handle.seek(info.offset)
             return get_frame(handle, index, number_of_frames=info.frames)
         if info.bits_allocated == 1:
-            handle.seek(info.offset)
-            bits = np.unpackbits(np.frombuffer(handle.read(info.length), np.uint8), bitorder="little")
+            # Frames of single-bit data are not byte aligned in the Pixel Data (PS3.5 8.1.1);
+            # each is sent bit-packed on its own, starting at a byte boundary.
             per_frame = info.rows * info.columns * info.samples
-            return bytes(bits[index * per_frame : (index + 1) * per_frame])
+            first_bit = index * per_frame
+            shift = first_bit % 8
+            handle.seek(info.offset + first_bit // 8)
+            packed = np.frombuffer(handle.read((shift + per_frame + 7) // 8), np.uint8)
+            bits = np.unpackbits(packed, bitorder="little")[shift : shift + per_frame]
+            return np.packbits(bits, bitorder="little").tobytes()
         handle.seek(info.offset + index * info.frame_length)
         data = handle.read(info.frame_length)
     if info.transfer_syntax == ExplicitVRBigEndian and info.bits_allocated > 8:

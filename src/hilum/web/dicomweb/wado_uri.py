@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from hilum.app import Services
-from hilum.dicom.pixels import NotTranscodable, transcode_instance
+from hilum.dicom.pixels import LOSSY, NotTranscodable, transcode_instance
 from hilum.dicom.render import Viewport, Window, render
 from hilum.index.search import StoredInstance
 from hilum.web.dicomweb.common import file_chunks, local_file, one_instance
@@ -83,8 +84,12 @@ def wado_uri(
 
 
 def _dicom(services: Services, instance: StoredInstance, transfer_syntax: str | None) -> Response:
-    ts = transfer_syntax or instance.transfer_syntax_uid
-    if ts == instance.transfer_syntax_uid:
+    if transfer_syntax is not None and not UID(transfer_syntax).is_valid:
+        raise Problem(400, f"transferSyntax {transfer_syntax[:80]!r} is not a UID")  # PS3.18 9.4.2.4
+    # Absent: explicit VR little endian (PS3.18 9.4.2.4), or the lossy form as stored (8.7.3.4).
+    ts = transfer_syntax or ExplicitVRLittleEndian
+    stored = instance.transfer_syntax_uid
+    if ts == stored or (transfer_syntax is None and stored in LOSSY):
         return Response(b"".join(file_chunks(services, instance)), media_type="application/dicom")
     try:
         body = transcode_instance(local_file(services, instance), ts)
