@@ -1,5 +1,6 @@
 """DICOMweb error handling and odd input: content negotiation, hostile query values,
-non-ASCII names, requests cut off by the client, unknown routes and methods."""
+non-ASCII names, requests cut off by the client, models missing from the index,
+unknown routes and methods."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from pydicom.dataset import Dataset
 
 from conftest import BACKENDS
@@ -173,3 +175,27 @@ def test_unknown_routes_and_methods(srv: Any, ct: Dataset) -> None:
     problem(httpx.delete(f"{base}/studies/{ct.StudyInstanceUID}"), 405)
     problem(httpx.put(f"{base}/studies", content=b"x"), 405)
     problem(httpx.post(f"{base}/studies/{ct.StudyInstanceUID}/metadata", content=b"x"), 405)
+
+
+# -- instances indexed before their DICOM JSON was kept -----------------------------------------
+def test_metadata_missing_from_the_index_is_built_from_the_file(srv: Any) -> None:
+    client, _ = make_client(srv)
+    (ds,) = make_study(StudySpec(slices=1, patient_id="E-BACKFILL"))
+    ds.InstitutionAddress = "7 Backfill Lane"
+    client.store_instances([ds])
+    engine = sa.create_engine(srv.settings.index_url)
+    instances = sa.table("instances", sa.column("sop_instance_uid"), sa.column("dicom_json"))
+    where = instances.c.sop_instance_uid == ds.SOPInstanceUID
+    try:
+        with engine.begin() as conn:
+            assert conn.execute(sa.update(instances).where(where).values(dicom_json=None)).rowcount == 1
+        model = client.retrieve_instance_metadata(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        assert values(model, "00080081") == ["7 Backfill Lane"]
+        (found,) = client.search_for_studies(search_filters={"InstitutionAddress": "7 Backfill*"})
+        assert values(found, "00100020") == ["E-BACKFILL"]
+        with engine.connect() as conn:  # and kept for next time
+            assert conn.execute(sa.select(instances.c.dicom_json).where(where)).scalar_one() is not None
+    finally:
+        engine.dispose()

@@ -58,6 +58,9 @@ def data(qido: Any) -> Data:
         )
     )
     _set(a, InstitutionAddress="1 Main Street", KVP="120")
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "24627-2", "LN", "CT CHEST"
+    _set(a, ProcedureCodeSequence=[code])
     _set(a[:2], SliceThickness="1.25", Manufacturer="ACME")
     _set(a[2:], SliceThickness="5", Manufacturer="Globex")
     b = make_study(
@@ -220,6 +223,11 @@ def test_includefield(qido: Any, data: Data) -> None:
         assert values(result, "00080081") == ["1 Main Street"]
     (study,) = client.search_for_studies(search_filters={"PatientID": "Q-B"}, fields=["InstitutionAddress"])
     assert values(study, "00080081") == ["22 Side Road"]
+    # A sequence can be asked for (though not matched on).
+    (study,) = client.search_for_studies(
+        search_filters={"PatientID": "Q-A"}, fields=["ProcedureCodeSequence"]
+    )
+    assert Dataset.from_json(study).ProcedureCodeSequence[0].CodeValue == "24627-2"
     # Asked for, absent from the data: present and empty.
     (study,) = client.search_for_studies(search_filters={"PatientID": "Q-B"}, fields=["KVP"])
     assert study["00180060"] == {"vr": "DS"}

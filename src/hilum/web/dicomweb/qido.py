@@ -84,8 +84,10 @@ class QidoRequest:
     include: list[int] = field(default_factory=list)
 
 
-def _resolve(name: str) -> tuple[int, str, str]:
-    """A QIDO attribute name (keyword or 8-hex tag) -> (tag, keyword, VR)."""
+def _resolve(name: str, *, matching: bool = True) -> tuple[int, str, str]:
+    """A QIDO attribute name (keyword or 8-hex tag) -> (tag, keyword, VR).
+
+    Sequences can be returned (includefield) but not matched."""
     if "." in name:
         raise InvalidQuery(f"{name}: matching on sequence items is not supported")
     tag: int | None
@@ -102,7 +104,7 @@ def _resolve(name: str) -> tuple[int, str, str]:
         vr = str(dictionary_VR(tag)).split(" or ")[0]
     except KeyError:
         raise InvalidQuery(f"unknown attribute {name!r}") from None
-    if vr == "SQ":
+    if vr == "SQ" and matching:
         raise InvalidQuery(f"{name}: sequence attributes are not matchable")
     return tag, keyword, vr
 
@@ -145,7 +147,7 @@ def parse_request(request: Request, level: Level, fixed: dict[str, str], service
                 if item == "all":
                     result.include_all = True
                 elif item:
-                    result.include.append(_resolve(item)[0])
+                    result.include.append(_resolve(item, matching=False)[0])
         elif name == "orderby":
             raise InvalidQuery("orderby is not supported; results come in a stable order")
         else:
