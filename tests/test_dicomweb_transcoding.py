@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -253,6 +254,31 @@ def test_frames_in_other_syntaxes(tx: Any, originals: dict[str, Dataset]) -> Non
                 number_of_frames=1,
             )
             assert np.array_equal(decoded.reshape(expected[index].shape), expected[index]), media_type
+    # HTJ2K frames (dicomweb-client does not know image/jphc): httpx.
+    accept = f'multipart/related; type="image/jphc"; transfer-syntax={HTJ2K_LOSSLESS}'
+    response = httpx.get(_instance_url(tx, original) + "/frames/3", headers={"Accept": accept}, timeout=30)
+    ((headers, frame),) = parse_multipart(response)
+    assert headers["content-type"] == f"image/jphc; transfer-syntax={HTJ2K_LOSSLESS}"
+    decoded, _ = get_decoder(HTJ2K_LOSSLESS).as_array(
+        encapsulate([frame]),
+        rows=original.Rows,
+        columns=original.Columns,
+        samples_per_pixel=1,
+        bits_allocated=16,
+        bits_stored=int(original.BitsStored),
+        pixel_representation=0,
+        photometric_interpretation="MONOCHROME2",
+        number_of_frames=1,
+    )
+    assert np.array_equal(decoded.reshape(expected[2].shape), expected[2])
+    # JPEG baseline frames of an 8-bit colour image: plain JPEG files.
+    rgb = originals["rgb8"]
+    (jpeg,) = client.retrieve_instance_frames(
+        *_ids(rgb), [1], media_types=(("image/jpeg", JPEGBaseline8Bit),)
+    )
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == "JPEG" and image.size == (rgb.Columns, rgb.Rows)
+    assert psnr(rgb.pixel_array, np.asarray(image.convert("RGB")), 255) > 38
 
 
 def test_a_series_only_partly_transcodable(tx: Any, originals: dict[str, Dataset]) -> None:

@@ -172,6 +172,7 @@ def test_metadata_at_three_levels(wado: Any, data: Data) -> None:
     study_uid = data.study[0].StudyInstanceUID
     models = client.retrieve_study_metadata(study_uid)
     assert len(models) == 6
+    assert all(list(model) == sorted(model) for model in models)  # PS3.18 F.2.2: ordered by tag
     by_uid = {ds.SOPInstanceUID: ds for ds in data.study}
     for model in models:
         assert _check_metadata(client, wado, model, by_uid[model["00080018"]["Value"][0]]) == 1
@@ -320,6 +321,15 @@ def test_rendered(wado: Any, data: Data) -> None:
         "PNG",
     )
     assert wide_box.shape == (32, 32)  # fits inside the viewport, aspect kept
+    # A source region (vw,vh,sx,sy,sw,sh): the top-left quarter at full resolution, then mirrored.
+    region = client.retrieve_instance_rendered(
+        *uids(data.ct), media_types=("image/png",), params={"viewport": "64,64,0,0,64,64"}
+    )
+    assert np.array_equal(_image(region, "PNG"), png[:64, :64])
+    flipped = client.retrieve_instance_rendered(
+        *uids(data.ct), media_types=("image/png",), params={"viewport": "64,64,64,0,-64,64"}
+    )
+    assert np.array_equal(_image(flipped, "PNG"), png[:64, :64][:, ::-1])
     rgb = _image(client.retrieve_instance_rendered(*uids(data.rgb_rle), media_types=("image/png",)), "PNG")
     assert np.array_equal(rgb, data.rgb_rle.pixel_array)  # colour passes through unchanged
 
