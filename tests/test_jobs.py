@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -339,8 +340,11 @@ def test_a_job_resumes_after_a_stop_and_a_crash_without_resending(
             wait_job(
                 client, job["id"], "running", done=lambda j: j["progress"]["done"] >= row.done + 4
             )
-        # A crash: the job is left "running"; the restart queues it again.
-        server.process.kill()
+        # A crash: the job is left "running"; the restart queues it again. The job runner
+        # lives in an HTTP worker process: kill the whole process tree at once.
+        tree = psutil.Process(server.process.pid)
+        for proc in [*tree.children(recursive=True), tree]:
+            proc.kill()
         server.process.wait(timeout=30)
         time.sleep(1)  # the instance in flight is still logged by the SCP
         crashed = job_row(settings, job["id"])

@@ -151,13 +151,14 @@ def _serve(args: argparse.Namespace) -> int:
     console.print(
         f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port} "
         f"({settings.dicom_workers()} receiving processes), HTTP on "
-        f"http://{settings.http.host}:{settings.http.port}, data in {settings.data_dir.resolve()}"
+        f"http://{settings.http.host}:{settings.http.port} ({settings.http_workers()} processes), "
+        f"data in {settings.data_dir.resolve()}"
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        dimse.supervise(stop)
+        dimse.supervise(stop, *([http.pool] if http.pool is not None else []))
     finally:
         dimse.stop()
         http.stop()

@@ -89,6 +89,8 @@ class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(default=8042, ge=1, le=65535)
+    # HTTP worker processes sharing the port; 0 = one per CPU core (at most 4).
+    workers: int = Field(default=0, ge=0, le=64)
     # Origins allowed to call the HTTP APIs from a browser (e.g. an OHIF viewer
     # served elsewhere): exact origins like "https://viewer.example.org", or "*".
     cors_origins: list[str] = Field(default_factory=list)
@@ -146,6 +148,9 @@ class Settings(BaseSettings):
 
     def dicom_workers(self) -> int:
         return self.dicom.workers or max(1, os.cpu_count() or 1)
+
+    def http_workers(self) -> int:
+        return self.http.workers or max(1, min(4, os.cpu_count() or 1))
 
 
 class ConfigError(Exception):

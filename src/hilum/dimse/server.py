@@ -8,9 +8,7 @@ GIL. Associations run in threads inside each worker.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import signal
 import socket
 import tempfile
 import threading
@@ -44,7 +42,7 @@ from hilum.config import Settings
 from hilum.dimse.fastpath import FastRequestHandler, set_staging_dir
 from hilum.dimse.handlers import DimseHandlers
 from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
-from hilum.domain.errors import HilumError
+from hilum.processes import WorkerPool, listen, stop_on_sigterm
 from hilum.storage.filesystem import FilesystemStorage
 
 LOG = logging.getLogger(__name__)
@@ -124,20 +122,6 @@ class SharedSocketServer(ThreadedAssociationServer):
         return client, address
 
 
-def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """The DICOM listening socket, created once before the workers start."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise HilumError(f"cannot listen for DICOM on {host}:{port}: {exc.strerror}") from None
-    sock.listen(backlog)
-    return sock
-
-
 def build_ae(services: Services) -> AE:
     dicom = services.settings.dicom
     ae = AE(ae_title=dicom.ae_title)
@@ -202,14 +186,7 @@ def run_worker(
         request_handler=FastRequestHandler if settings.dicom.fast_path else None,
     )
     ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
-    stop = threading.Event()
-
-    def _terminate(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(stop)
+    stop = stop_on_sigterm()
     thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
     thread.start()
     LOG.debug("worker %d listening on %s", index, address)
@@ -220,66 +197,26 @@ def run_worker(
     services.close()
 
 
-def _exit_with_parent(stop: threading.Event) -> None:
-    """A worker must never outlive `hilum serve` (it would keep accepting on the port)."""
-    parent = os.getppid()
-    try:  # Linux: the kernel sends SIGTERM when the parent dies
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-    def _watch() -> None:
-        while not stop.wait(1.0):
-            if os.getppid() != parent:
-                stop.set()
-
-    threading.Thread(target=_watch, name="parent-watch", daemon=True).start()
-
-
 class DimseServer:
     """Supervises the receiving processes; restarts one that dies."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._ctx = mp.get_context("spawn")
-        self._procs: list[Any] = []
-        self._stopping = False
-        self._socket: socket.socket | None = None
+        self._pool: WorkerPool | None = None
 
     def start(self, timeout: float = 60) -> None:
         # glibc would otherwise mmap/munmap every >=128 KiB PDU buffer: constant
         # page faults (measured +20-40% throughput without). Read at process start.
         for name, value in _MALLOC_ENV.items():
             os.environ.setdefault(name, value)
-        data = self.settings.model_dump(mode="json")
-        count = self.settings.dicom_workers()
-        self._socket = listen(self.settings.dicom.host, self.settings.dicom.port)
-        events = []
-        for index in range(count):
-            ready = self._ctx.Event()
-            proc = self._ctx.Process(
-                target=run_worker,
-                args=(data, index, ready, self._socket),
-                name=f"hilum-dimse-{index}",
-            )
-            proc.start()
-            self._procs.append(proc)
-            events.append(ready)
-        deadline = time.monotonic() + timeout
-        for proc, ready in zip(self._procs, events, strict=True):
-            while not ready.wait(0.2):
-                if not proc.is_alive():
-                    self.stop()
-                    raise HilumError(f"DIMSE worker {proc.name} failed to start")
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise HilumError("DIMSE workers did not start in time")
+        sock = listen(self.settings.dicom.host, self.settings.dicom.port, "DICOM")
+        self._pool = WorkerPool(
+            "dimse", run_worker, self.settings.dicom_workers(), self.settings.model_dump(mode="json"), sock
+        )
+        self._pool.start(timeout)
 
-    def supervise(self, stop: threading.Event) -> None:
-        data = self.settings.model_dump(mode="json")
+    def supervise(self, stop: threading.Event, *others: WorkerPool) -> None:
+        """Until ``stop``: restart dead workers (of ``others`` too), sweep stale staging files."""
         storage = FilesystemStorage(self.settings.storage_dir)
         # An aborted association can leave a spilled data set in staging; one
         # untouched for twice the longest timeout belongs to no live transfer.
@@ -291,27 +228,10 @@ class DimseServer:
                 removed = storage.recover(older_than=stale)
                 if removed:
                     LOG.warning("removed %d abandoned transfer(s) from staging", removed)
-            for i, proc in enumerate(self._procs):
-                if not proc.is_alive() and not self._stopping:
-                    LOG.error("DIMSE worker %d exited (%s); restarting", i, proc.exitcode)
-                    new = self._ctx.Process(
-                        target=run_worker,
-                        args=(data, i, None, self._socket),
-                        name=f"hilum-dimse-{i}",
-                    )
-                    new.start()
-                    self._procs[i] = new
+            for pool in (self._pool, *others):
+                if pool is not None:
+                    pool.restart_dead()
 
     def stop(self) -> None:
-        self._stopping = True
-        for proc in self._procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self._procs:
-            proc.join(timeout=15)
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGKILL)
-        self._procs.clear()
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        if self._pool is not None:
+            self._pool.stop()

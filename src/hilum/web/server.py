@@ -1,55 +1,88 @@
-"""Runs the HTTP application with uvicorn in a thread of the main process."""
+"""The HTTP server: N worker processes running the FastAPI app on one shared socket.
+
+Like the DICOM receiving processes, every HTTP worker builds its own services
+(index engine, writer, storage), so STOW-RS ingest, transcoding and rendering
+use every core. Worker 0 also runs the durable job runner.
+"""
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
-import time
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
 
 import uvicorn
 
 from hilum.app import build_services
 from hilum.config import Settings
 from hilum.domain.errors import HilumError
-from hilum.jobs.runner import JobRunner
+from hilum.processes import WorkerPool, listen, stop_on_sigterm
 from hilum.web.app import create_app
+
+LOG = logging.getLogger(__name__)
+
+
+def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None, sock: socket.socket) -> None:
+    """Entry point of one HTTP worker process."""
+    from hilum.jobs.runner import JobRunner
+    from hilum.logging import configure_logging
+
+    settings = Settings(**settings_data)
+    configure_logging(settings.log_level, prefix=f"http-{index}")
+    stop = stop_on_sigterm()
+    services = build_services(settings)
+    services.writer.start()
+    app = create_app(services)
+    jobs = None
+    if index == 0:  # durable jobs (send / move) run in one process; the API wakes them
+        jobs = JobRunner(services)
+        app.state.jobs = jobs
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise SystemExit(f"HTTP worker {index} could not start")
+        if stop.wait(0.05):
+            break
+    if jobs is not None:
+        jobs.start()
+    if ready is not None:
+        ready.set()
+    stop.wait()
+    server.should_exit = True
+    thread.join(timeout=15)
+    if jobs is not None:
+        jobs.stop()
+    services.close()
 
 
 class HttpServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.services = build_services(settings)
-        self.services.writer.start()
-        self.app = create_app(self.services)
-        # Durable jobs (send / move) run in this process; the API wakes the runner.
-        self.jobs = JobRunner(self.services)
-        self.app.state.jobs = self.jobs
-        config = uvicorn.Config(
-            self.app,
-            host=settings.http.host,
-            port=settings.http.port,
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=30,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        self.pool: WorkerPool | None = None
 
-    def start(self, timeout: float = 30) -> None:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise HilumError(
-                    f"HTTP server could not listen on {self.settings.http.host}:"
-                    f"{self.settings.http.port} (port in use?)"
-                )
-            if time.monotonic() > deadline:
-                raise HilumError("HTTP server did not start in time")
-            time.sleep(0.05)
-        self.jobs.start()
+    def start(self, timeout: float = 60) -> None:
+        http = self.settings.http
+        try:
+            sock = listen(http.host, http.port, "HTTP")
+        except HilumError:
+            where = f"{http.host}:{http.port}"
+            raise HilumError(f"HTTP server could not listen on {where} (port in use?)") from None
+        self.pool = WorkerPool(
+            "http", run_worker, self.settings.http_workers(), self.settings.model_dump(mode="json"), sock
+        )
+        self.pool.start(timeout)
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self.jobs.stop()
-        self.services.close()
+        if self.pool is not None:
+            self.pool.stop()
