@@ -78,9 +78,10 @@ SOURCES = {
 }
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def tx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with running_server(request.param, tmp_path_factory) as server:
+@pytest.fixture(scope="module")
+def tx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # Transcoding does not touch the index beyond finding the instance: one backend is enough.
+    with running_server(BACKENDS[0], tmp_path_factory) as server:
         yield server
 
 
