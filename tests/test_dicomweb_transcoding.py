@@ -95,8 +95,9 @@ def originals(tx: Any) -> dict[str, Dataset]:
     datasets["mixed16"].SeriesInstanceUID = datasets["mixed8"].SeriesInstanceUID
     datasets["mixed8"].InstanceNumber, datasets["mixed16"].InstanceNumber = 1, 2
     client.store_instances(list(datasets.values()))
-    # Stored compressed, uploaded byte for byte: JPEG 2000 (lossy-capable .91) and JPEG baseline.
-    for name in ("JPEG2000.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"):
+    # Stored compressed, uploaded byte for byte: JPEG 2000 (lossy-capable .91) and JPEG baseline
+    # (RGB; YBR_FULL_422; YBR_FULL_422 multi-frame).
+    for name in COMPRESSED:
         body = multipart([("application/dicom", sample_bytes(name))])
         response = httpx.post(
             f"{base_url(tx)}/studies", content=body, headers={"Content-Type": STOW_TYPE}, timeout=30
@@ -104,6 +105,14 @@ def originals(tx: Any) -> dict[str, Dataset]:
         assert response.status_code == 200, response.text
         datasets[name] = sample(name)
     return datasets
+
+
+COMPRESSED = (
+    "JPEG2000.dcm",
+    "SC_rgb_dcmtk_+eb+cr.dcm",
+    "SC_rgb_dcmtk_+eb+cy+np.dcm",
+    "examples_ybr_color.dcm",
+)
 
 
 def _ids(ds: Dataset) -> tuple[str, str, str]:
@@ -189,7 +198,7 @@ def test_transcoded_output_passes_dciodvfy(
 
 
 def test_as_stored_is_byte_for_byte(tx: Any, originals: dict[str, Dataset]) -> None:
-    for name in ("JPEG2000.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"):
+    for name in COMPRESSED:
         ds = originals[name]
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
         response = httpx.get(_instance_url(tx, ds), headers={"Accept": accept}, timeout=30)
@@ -203,12 +212,15 @@ def test_as_stored_is_byte_for_byte(tx: Any, originals: dict[str, Dataset]) -> N
 
 
 def test_compressed_stored_data_decompresses(tx: Any, originals: dict[str, Dataset]) -> None:
-    for name in ("JPEG2000.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"):
+    for name in COMPRESSED:
         original = originals[name]
         got, _ = _retrieve(tx, original, ExplicitVRLittleEndian)
         assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-        assert np.array_equal(got.pixel_array, original.pixel_array), name
-        assert len(got.PixelData) == original.Rows * original.Columns * original.SamplesPerPixel * (
+        assert np.array_equal(got.pixel_array, original.pixel_array), name  # YBR comes as RGB
+        if original.SamplesPerPixel == 3:
+            assert got.PhotometricInterpretation == "RGB"
+        frames = int(original.get("NumberOfFrames", 1))
+        assert len(got.PixelData) == frames * original.Rows * original.Columns * original.SamplesPerPixel * (
             original.BitsAllocated // 8
         )
 
