@@ -84,6 +84,11 @@ def test_accept_negotiation_for_metadata_and_frames(srv: Any, ct: Dataset) -> No
     assert response.status_code == 200 and len(response.json()) == 1
     frames = _url(srv, ct, "/frames/1")
     problem(httpx.get(frames, headers={"Accept": 'multipart/related; type="image/jpeg"'}), 406)  # 16 bits
+    # ... unless something else is acceptable too.
+    accept = 'multipart/related; type="image/jpeg", multipart/related; type="application/octet-stream"; q=0.5'
+    ((headers, frame),) = parse_multipart(httpx.get(frames, headers={"Accept": accept}))
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    assert frame == ct.PixelData
     problem(httpx.get(frames, headers={"Accept": "text/html"}), 406)
     response = httpx.get(frames, headers={"Accept": "application/octet-stream"})  # single part
     assert response.status_code == 200 and response.content == ct.PixelData

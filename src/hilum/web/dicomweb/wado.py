@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -237,8 +238,10 @@ def parse_frame_list(text: str, frames: int) -> list[int]:
     return numbers
 
 
-def _frame_choice(accept: list[MediaRange], info: PixelInfo) -> tuple[str, str, bool]:
-    """(transfer syntax to produce, part media type, multipart?) for frames (PS3.18 8.7.3.3.2)."""
+def _frame_choices(accept: list[MediaRange], info: PixelInfo) -> list[tuple[str, str, bool]]:
+    """The acceptable (transfer syntax to produce, part media type, multipart?) for frames,
+    best first (PS3.18 8.7.3.3.2)."""
+    choices = []
     for media in accept:
         multipart = media.type in (_MULTIPART, "*/*")
         kind = (media.part_type or _OCTETS) if media.type == _MULTIPART else media.type
@@ -258,12 +261,28 @@ def _frame_choice(accept: list[MediaRange], info: PixelInfo) -> tuple[str, str, 
             continue
         if ts == "*":  # as stored; native frames always go out as little endian octets
             ts = info.transfer_syntax if info.encapsulated else ExplicitVRLittleEndian
-        return ts, FRAME_MEDIA_TYPE.get(ts, _OCTETS), multipart
-    raise Problem(
-        406,
-        "frames are served as multipart/related with application/octet-stream, "
-        "image/jpeg, image/jls, image/jp2, image/jphc or image/dicom-rle parts",
-    )
+        choices.append((ts, FRAME_MEDIA_TYPE.get(ts, _OCTETS), multipart))
+    if not choices:
+        raise Problem(
+            406,
+            "frames are served as multipart/related with application/octet-stream, "
+            "image/jpeg, image/jls, image/jp2, image/jphc or image/dicom-rle parts",
+        )
+    return choices
+
+
+def _first_frame(
+    request: Request, path: Path, info: PixelInfo, index: int
+) -> tuple[bytes, str, str, bool]:
+    """Frame ``index`` in the best acceptable encoding it can be produced in, with that
+    (transfer syntax, media type, multipart?); 406 when none can."""
+    reasons = []
+    for ts, media, multipart in _frame_choices(parse_accept(request.headers.get("accept")), info):
+        try:
+            return frame_in(path, info, index, ts), ts, media, multipart
+        except NotTranscodable as exc:
+            reasons.append(str(exc))
+    raise Problem(406, "; ".join(reasons))
 
 
 @router.get(
@@ -282,11 +301,7 @@ def retrieve_frames(
     except NotTranscodable as exc:
         raise Problem(404, f"instance {sop_uid} has no frames: {exc}") from None
     numbers = parse_frame_list(frame_list, info.frames)
-    ts, media, multipart = _frame_choice(parse_accept(request.headers.get("accept")), info)
-    try:
-        first = frame_in(path, info, numbers[0] - 1, ts)
-    except NotTranscodable as exc:
-        raise Problem(406, str(exc)) from None
+    first, ts, media, multipart = _first_frame(request, path, info, numbers[0] - 1)
     part_type = f"{media}; transfer-syntax={ts}"
     if not multipart:
         if len(numbers) > 1:
@@ -321,11 +336,7 @@ def retrieve_bulkdata(request: Request, study_uid: str, series_uid: str, sop_uid
         if info.encapsulated:
             # One part per frame, in the media type asked for: uncompressed octets unless
             # the stored (or another) encoding is asked for (PS3.18 8.7.3.3).
-            ts, media, _ = _frame_choice(parse_accept(request.headers.get("accept")), info)
-            try:
-                first = frame_in(path, info, 0, ts)
-            except NotTranscodable as exc:
-                raise Problem(406, str(exc)) from None
+            first, ts, media, _ = _first_frame(request, path, info, 0)
             part_type = f"{media}; transfer-syntax={ts}"
 
             def frame_parts() -> Iterator[Part]:
