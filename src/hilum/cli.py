@@ -141,10 +141,11 @@ def _serve(args: argparse.Namespace) -> int:
     lock = DataDirLock(settings.data_dir)
     prepare(settings, recover=True)
     http = HttpServer(settings)
-    http.start()
+    http.start(wait=False)  # both kinds of workers start at the same time
     dimse = DimseServer(settings)
     try:
         dimse.start()
+        http.wait_ready()
     except BaseException:
         http.stop()
         raise

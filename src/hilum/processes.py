@@ -80,6 +80,7 @@ class WorkerPool:
         self.socket: socket.socket | None = sock
         self._ctx = mp.get_context("spawn")
         self._procs: list[Any] = []
+        self._events: list[MpEvent] = []
         self._stopping = False
 
     def _spawn(self, index: int, ready: MpEvent | None) -> Any:
@@ -91,14 +92,19 @@ class WorkerPool:
         proc.start()
         return proc
 
-    def start(self, timeout: float = 60) -> None:
-        events = []
+    def start(self, timeout: float = 60, *, wait: bool = True) -> None:
+        """Spawn the workers; with ``wait``, return once every one is accepting."""
+        self._events = []
         for index in range(self.count):
             ready = self._ctx.Event()
             self._procs.append(self._spawn(index, ready))
-            events.append(ready)
+            self._events.append(ready)
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        for proc, ready in zip(self._procs, events, strict=True):
+        for proc, ready in zip(self._procs, self._events, strict=True):
             while not ready.wait(0.2):
                 if not proc.is_alive():
                     self.stop()

@@ -71,7 +71,7 @@ class HttpServer:
         self.settings = settings
         self.pool: WorkerPool | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, wait: bool = True) -> None:
         http = self.settings.http
         try:
             sock = listen(http.host, http.port, "HTTP")
@@ -81,7 +81,11 @@ class HttpServer:
         self.pool = WorkerPool(
             "http", run_worker, self.settings.http_workers(), self.settings.model_dump(mode="json"), sock
         )
-        self.pool.start(timeout)
+        self.pool.start(timeout, wait=wait)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if self.pool is not None:
+            self.pool.wait_ready(timeout)
 
     def stop(self) -> None:
         if self.pool is not None:
