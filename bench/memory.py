@@ -1,8 +1,10 @@
-"""Peak memory of Hilum's receiving process for one very large instance.
+"""Peak memory of Hilum's processes for one very large instance, over DIMSE and HTTP.
 
 Generates a multi-frame instance of --gb gigabytes (written in chunks), sends it
-with DCMTK storescu (C-STORE), fetches it back with getscu (C-GET), and prints
-the receiving process's peak resident memory (VmHWM) after each step.
+with DCMTK storescu (C-STORE), fetches it back with getscu (C-GET), retrieves the
+study with WADO-RS and as a zip download, then stores a second such instance with
+STOW-RS (streamed from disk). After each step it prints the peak resident memory
+(VmHWM) of the busiest worker process (one DICOM and one HTTP worker run).
 
     .venv/bin/python bench/memory.py --gb 1.25
 """
@@ -21,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
@@ -67,12 +70,37 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def workers_peak(server_pid: int) -> str:
+    children = subprocess.run(["pgrep", "-P", str(server_pid), "-f", "multiprocessing.spawn"],
+                              capture_output=True, text=True).stdout.split()
+    peaks = [peak_rss_mib(int(pid)) for pid in children]
+    return f"peak RSS {max(peaks):.0f} MiB (busiest worker; main {peak_rss_mib(server_pid):.0f} MiB)"
+
+
+def multipart_from(path: Path, boundary: str):  # type: ignore[no-untyped-def]
+    yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            yield chunk
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def timed_download(url: str, accept: str) -> tuple[int, float]:
+    started = time.monotonic()
+    received = 0
+    with httpx.stream("GET", url, headers={"Accept": accept}, timeout=600) as reply:
+        reply.raise_for_status()
+        for chunk in reply.iter_bytes(1 << 20):
+            received += len(chunk)
+    return received, time.monotonic() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--gb", type=float, default=1.25)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hilum-mem-"))
-    env = dict(os.environ, TCP_NODELAY="1")
+    env = dict(os.environ, TCP_NODELAY="1", HILUM_HTTP__WORKERS="1")
     port, http_port = free_port(), free_port()
     server = None
     try:
@@ -90,15 +118,12 @@ def main() -> int:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("server did not start")
             time.sleep(0.2)
-        children = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "multiprocessing.spawn"],
-                                  capture_output=True, text=True).stdout.split()
-        worker = int(children[0])
-        print(f"receiving process at rest: {peak_rss_mib(worker):.0f} MiB peak")
+        print(f"at rest: {workers_peak(server.pid)}")
         started = time.monotonic()
         subprocess.run(["storescu", "-aec", "HILUM", "127.0.0.1", str(port), str(big)],
                        check=True, env=env)
         print(f"C-STORE (storescu) {size / 1e6 / (time.monotonic() - started):.0f} MB/s, "
-              f"peak RSS {peak_rss_mib(worker):.0f} MiB")
+              f"{workers_peak(server.pid)}")
         study = sqlite3.connect(work / "data" / "index.sqlite").execute(
             "select study_instance_uid from studies").fetchone()[0]
         out = work / "get"
@@ -109,7 +134,22 @@ def main() -> int:
                         "127.0.0.1", str(port)], check=True, env=env, capture_output=True)
         received = sum(p.stat().st_size for p in out.iterdir())
         print(f"C-GET (getscu) {received / 1e6 / (time.monotonic() - started):.0f} MB/s, "
-              f"peak RSS {peak_rss_mib(worker):.0f} MiB")
+              f"{workers_peak(server.pid)}")
+        base = f"http://127.0.0.1:{http_port}"
+        as_stored = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        received, elapsed = timed_download(f"{base}/dicomweb/studies/{study}", as_stored)
+        print(f"WADO-RS study {received / 1e6 / elapsed:.0f} MB/s, {workers_peak(server.pid)}")
+        received, elapsed = timed_download(f"{base}/api/v1/studies/{study}/archive", "application/zip")
+        print(f"zip download {received / 1e6 / elapsed:.0f} MB/s, {workers_peak(server.pid)}")
+        second = work / "second.dcm"
+        write_big(second, args.gb)
+        started = time.monotonic()
+        reply = httpx.post(
+            f"{base}/dicomweb/studies", content=multipart_from(second, "BIGB"), timeout=900,
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=BIGB'},
+        )
+        reply.raise_for_status()
+        print(f"STOW-RS {size / 1e6 / (time.monotonic() - started):.0f} MB/s, {workers_peak(server.pid)}")
     finally:
         if server is not None:
             server.terminate()
