@@ -135,74 +135,48 @@ def _middle_image(services: Services, study_uid: str, series_uid: str | None) ->
     return in_series[len(in_series) // 2]
 
 
-@router.get(f"{_INSTANCE}/thumbnail", summary="WADO-RS: instance thumbnail", responses=_IMAGE_RESPONSES)
-def instance_thumbnail(
-    request: Request,
-    study_uid: str,
-    series_uid: str,
-    sop_uid: str,
-    viewport: str | None = Query(None, description="vw,vh (default 128,128)"),
-    accept: str | None = Query(None),
+def _thumbnail(
+    request: Request, instance: StoredInstance, viewport: str | None, accept: str | None
 ) -> Response:
     services: Services = request.app.state.services
-    instance = one_instance(services, study_uid, series_uid, sop_uid)
     return _render(
-        request,
-        services,
-        instance,
-        1,
-        window=None,
-        viewport=viewport,
-        quality=80,
-        accept=accept,
+        request, services, instance, 1, window=None, viewport=viewport, quality=80, accept=accept,
         default_viewport=THUMBNAIL,
     )
+
+
+_VIEWPORT = Query(None, description="vw,vh (default 128,128)")
+
+
+@router.get(f"{_INSTANCE}/thumbnail", summary="WADO-RS: instance thumbnail", responses=_IMAGE_RESPONSES)
+def instance_thumbnail(
+    request: Request, study_uid: str, series_uid: str, sop_uid: str,
+    viewport: str | None = _VIEWPORT, accept: str | None = Query(None),
+) -> Response:
+    instance = one_instance(request.app.state.services, study_uid, series_uid, sop_uid)
+    return _thumbnail(request, instance, viewport, accept)
 
 
 @router.get(
     "/studies/{study_uid}/series/{series_uid}/thumbnail",
-    summary="WADO-RS: series thumbnail",
+    summary="WADO-RS: series thumbnail (its middle instance)",
     responses=_IMAGE_RESPONSES,
 )
 def series_thumbnail(
-    request: Request,
-    study_uid: str,
-    series_uid: str,
-    viewport: str | None = Query(None, description="vw,vh (default 128,128)"),
-    accept: str | None = Query(None),
+    request: Request, study_uid: str, series_uid: str,
+    viewport: str | None = _VIEWPORT, accept: str | None = Query(None),
 ) -> Response:
-    services: Services = request.app.state.services
-    instance = _middle_image(services, study_uid, series_uid)
-    return _render(
-        request,
-        services,
-        instance,
-        1,
-        window=None,
-        viewport=viewport,
-        quality=80,
-        accept=accept,
-        default_viewport=THUMBNAIL,
-    )
+    instance = _middle_image(request.app.state.services, study_uid, series_uid)
+    return _thumbnail(request, instance, viewport, accept)
 
 
-@router.get("/studies/{study_uid}/thumbnail", summary="WADO-RS: study thumbnail", responses=_IMAGE_RESPONSES)
+@router.get(
+    "/studies/{study_uid}/thumbnail",
+    summary="WADO-RS: study thumbnail (middle instance of its first series)",
+    responses=_IMAGE_RESPONSES,
+)
 def study_thumbnail(
-    request: Request,
-    study_uid: str,
-    viewport: str | None = Query(None, description="vw,vh (default 128,128)"),
-    accept: str | None = Query(None),
+    request: Request, study_uid: str, viewport: str | None = _VIEWPORT, accept: str | None = Query(None)
 ) -> Response:
-    services: Services = request.app.state.services
-    instance = _middle_image(services, study_uid, None)
-    return _render(
-        request,
-        services,
-        instance,
-        1,
-        window=None,
-        viewport=viewport,
-        quality=80,
-        accept=accept,
-        default_viewport=THUMBNAIL,
-    )
+    instance = _middle_image(request.app.state.services, study_uid, None)
+    return _thumbnail(request, instance, viewport, accept)
