@@ -167,6 +167,13 @@ def test_uid_list_matching(qido: Any, data: Data) -> None:
     wanted = {data.a[0].SOPInstanceUID, data.b[1].SOPInstanceUID, "1.2.3.4.5.6"}
     instances = client.search_for_instances(search_filters={"SOPInstanceUID": ",".join(sorted(wanted))})
     assert _uids(instances, SOP_UID) == wanted - {"1.2.3.4.5.6"}
+    # The same UID attribute given several times is one list (other attributes: 400).
+    repeated = httpx.get(
+        f"{base_url(qido)}/studies", params=[("StudyInstanceUID", a), ("StudyInstanceUID", b)], timeout=30
+    )
+    assert repeated.status_code == 200 and _uids(repeated.json()) == {a, b}
+    twice = httpx.get(f"{base_url(qido)}/studies", params=[("PatientID", "Q-A"), ("PatientID", "Q-B")])
+    assert twice.status_code == 400 and "more than once" in twice.json()["detail"]
 
 
 def test_date_and_time_ranges(qido: Any, data: Data) -> None:

@@ -132,7 +132,7 @@ def parse_request(request: Request, level: Level, fixed: dict[str, str], service
     http = services.settings.http
     query = Query(level=level, limit=http.qido_default_limit)
     result = QidoRequest(query=query)
-    seen: set[str] = set()
+    given: dict[str, tuple[int, str, list[str]]] = {}
     for name, value in request.query_params.multi_items():
         if name in _IGNORED:
             continue
@@ -152,12 +152,14 @@ def parse_request(request: Request, level: Level, fixed: dict[str, str], service
             raise InvalidQuery("orderby is not supported; results come in a stable order")
         else:
             tag, keyword, vr = _resolve(name)
-            if keyword in seen:
+            if keyword in given and vr != "UI":
                 raise InvalidQuery(f"{keyword} is given more than once")
-            seen.add(keyword)
-            _add_constraint(result, tag, keyword, vr, value)
+            given.setdefault(keyword, (tag, vr, []))[2].append(value)
+    for keyword, (tag, vr, values) in given.items():
+        # A UID attribute given several times is one list of UIDs (PS3.18 8.3.4.1).
+        _add_constraint(result, tag, keyword, vr, "\\".join(values))
     for keyword, value in fixed.items():  # UIDs from the path
-        if keyword in seen:
+        if keyword in given:
             raise InvalidQuery(f"{keyword} is already given in the path")
         _add_constraint(result, tag_for_keyword(keyword) or 0, keyword, "UI", value)
     return result
