@@ -108,13 +108,23 @@ def write_multipart(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     """Yield a multipart/related body part by part (each part's body streamed as given)."""
     delimiter = b"--" + boundary.encode()
     for part in parts:
-        head = delimiter + CRLF + b"Content-Type: " + part.content_type.encode() + CRLF
-        if part.location:
-            head += b"Content-Location: " + part.location.encode() + CRLF
-        yield head + CRLF
+        yield part_head(boundary, part.content_type, part.location)
         yield from part.body
         yield CRLF
     yield delimiter + b"--" + CRLF
+
+
+def part_head(boundary: str, content_type: str, location: str | None = None) -> bytes:
+    head = b"--" + boundary.encode() + CRLF + b"Content-Type: " + content_type.encode() + CRLF
+    if location:
+        head += b"Content-Location: " + location.encode() + CRLF
+    return head + CRLF
+
+
+def multipart_length(boundary: str, parts: Iterable[tuple[str, int]]) -> int:
+    """The exact size of a multipart body of parts (content type, body size), without locations."""
+    total = sum(len(part_head(boundary, content_type)) + size + len(CRLF) for content_type, size in parts)
+    return total + len(b"--" + boundary.encode() + b"--" + CRLF)
 
 
 def boundary_of(content_type: str) -> tuple[str, dict[str, str]]:
