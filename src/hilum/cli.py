@@ -63,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("paths", nargs="+", type=Path)
     imp.add_argument("--threads", type=int, default=4)
 
+    exp = sub.add_parser(
+        "export", help="export stored studies to a folder or a zip file, optionally de-identified"
+    )
+    _common(exp)
+    exp.add_argument("--study", action="append", default=[], metavar="UID",
+                     help="a Study Instance UID to export (repeatable)")
+    exp.add_argument("--patient-id", metavar="ID", help="export this patient's studies")
+    exp.add_argument("--out", type=Path, required=True, metavar="DIR|FILE.zip",
+                     help="a new (or empty) folder, or a new .zip file")
+    exp.add_argument("--deidentify", action="store_true",
+                     help="apply the PS3.15 Basic Application Level Confidentiality Profile")
+    exp.add_argument("--profile-option", action="append", default=[], metavar="OPTION",
+                     help="a profile option, e.g. retain-modified-dates (repeatable; "
+                     "see docs/deidentification.md)")
+    exp.add_argument("--date-shift-days", type=int, metavar="N",
+                     help="shift dates by N days (implies retain-modified-dates)")
+    exp.add_argument("--pseudonym", metavar="NAME",
+                     help="PatientName/PatientID of the output; {n} numbers patients")
+    exp.add_argument("--mapping", type=Path, metavar="FILE.csv",
+                     help="write the original -> replacement table (confidential!)")
+    exp.add_argument("--allow-burned-in", action="store_true",
+                     help="export instances with BurnedInAnnotation YES instead of refusing them")
+
     remote_help = "a known remote AE name, or AET@host:port"
     echo = sub.add_parser("echo", help="C-ECHO a remote AE")
     _common(echo)
@@ -122,6 +145,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _ae(args)
     if command == "import":
         return _import(args)
+    if command == "export":
+        return _export(args)
     return _scu(args)
 
 
@@ -249,6 +274,64 @@ def _import(args: argparse.Namespace) -> int:
     for label, reason in summary.rejected:
         console.print(f"  rejected {label}: {reason}", markup=False, highlight=False)
     return 1 if summary.rejected and not (summary.accepted or summary.already_stored) else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hilum.app import prepare
+    from hilum.deid.export import ExportRequest, run_export
+    from hilum.deid.job import DeidConfig
+    from hilum.deid.options import parse_options
+    from hilum.index.database import make_engine
+    from hilum.storage.filesystem import FilesystemStorage
+
+    needs_deid = [flag for flag, given in (
+        ("--profile-option", bool(args.profile_option)),
+        ("--date-shift-days", args.date_shift_days is not None),
+        ("--pseudonym", args.pseudonym is not None),
+        ("--mapping", args.mapping is not None),
+        ("--allow-burned-in", args.allow_burned_in),
+    ) if given]
+    if needs_deid and not args.deidentify:
+        raise HilumError(f"{needs_deid[0]} needs --deidentify")
+    try:
+        options = parse_options(args.profile_option)
+    except ValueError as exc:
+        raise HilumError(str(exc)) from None
+    request = ExportRequest(
+        out=args.out, study_uids=tuple(args.study), patient_id=args.patient_id,
+        deidentify=args.deidentify, mapping=args.mapping,
+        config=DeidConfig(options=options, date_shift_days=args.date_shift_days,
+                          pseudonym=args.pseudonym, allow_burned_in=args.allow_burned_in),
+    )
+    settings = _settings(args)
+    prepare(settings)
+    engine = make_engine(settings.index_url, pool_size=1)
+    started = time.monotonic()
+    try:
+        summary = run_export(engine, FilesystemStorage(settings.storage_dir), request)
+    except OSError as exc:
+        raise HilumError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    finally:
+        engine.dispose()
+    how = "as stored"
+    if summary.job is not None:
+        used = ", ".join(o.value for o in sorted(summary.job.options)) or "no options"
+        how = f"de-identified (PS3.15 Basic Profile; {used})"
+    console.print(
+        f"exported {summary.instances} instance(s) of {len(summary.studies)} study(ies), "
+        f"{summary.bytes / 1e6:.1f} MB, {how}, to {summary.out} "
+        f"in {time.monotonic() - started:.1f} s", markup=False, highlight=False,
+    )
+    if summary.burned_in_kept:
+        console.print(f"  {summary.burned_in_kept} instance(s) have burned-in annotation: "
+                      "check their pixels before sharing", markup=False, highlight=False)
+    for sop_instance_uid, reason in summary.refused:
+        console.print(f"  refused {sop_instance_uid}: {reason}", markup=False, highlight=False)
+    if summary.mapping_rows:
+        console.print(f"  mapping of originals to replacements ({summary.mapping_rows} rows) in "
+                      f"{args.mapping}: it re-identifies the data, keep it confidential",
+                      markup=False, highlight=False)
+    return 0 if summary.instances else 1
 
 
 def _identifier(level: str, keys: list[str]) -> Dataset:

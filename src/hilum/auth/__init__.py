@@ -1,0 +1,1 @@
+"""Identities and permissions: users, roles, sessions, API keys, per-study access."""

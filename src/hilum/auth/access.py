@@ -1,0 +1,67 @@
+"""Which studies a principal may see, as one SQL condition on the studies table.
+
+Administrators, radiologists and technologists see every study. Others (a
+referring physician) see a study when its ReferringPhysicianName is their
+person name, or when it was granted to them or to one of their groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select
+
+from hilum.auth.models import study_grants_t
+from hilum.auth.service import Principal
+from hilum.index.models import instances_t, series_t, studies_t
+
+S, SE, I = studies_t, series_t, instances_t  # noqa: E741
+
+
+def study_condition(principal: Principal | None) -> Any:
+    """None when every study is visible, else a condition on ``studies``."""
+    if principal is None or principal.all_studies:
+        return None
+    granted = [
+        and_(study_grants_t.c.principal_kind == "user", study_grants_t.c.principal == principal.username)
+    ]
+    if principal.groups:
+        granted.append(
+            and_(study_grants_t.c.principal_kind == "group", study_grants_t.c.principal.in_(principal.groups))
+        )
+    conditions: list[Any] = [
+        exists(select(1).where(study_grants_t.c.study_instance_uid == S.c.study_instance_uid, or_(*granted)))
+    ]
+    if principal.person_name_key:
+        conditions.append(S.c.referring_physician_name_key == principal.person_name_key)
+    return or_(*conditions)
+
+
+def study_of(
+    conn: Any, *, study: str | None = None, series: str | None = None, sop: str | None = None
+) -> str | None:
+    """The StudyInstanceUID a path names (directly or through a series / instance)."""
+    if study:
+        return study
+    if series:
+        return conn.execute(
+            select(S.c.study_instance_uid)
+            .join(SE, SE.c.study_pk == S.c.id)
+            .where(SE.c.series_instance_uid == series)
+        ).scalar()
+    if sop:
+        return conn.execute(
+            select(S.c.study_instance_uid)
+            .join(SE, SE.c.study_pk == S.c.id)
+            .join(I, I.c.series_pk == SE.c.id)
+            .where(I.c.sop_instance_uid == sop)
+        ).scalar()
+    return None
+
+
+def may_see(conn: Any, principal: Principal, study_uid: str) -> bool:
+    condition = study_condition(principal)
+    if condition is None:
+        return True
+    found = conn.execute(select(S.c.id).where(S.c.study_instance_uid == study_uid, condition)).first()
+    return found is not None

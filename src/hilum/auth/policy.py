@@ -1,0 +1,132 @@
+"""Roles, permissions, and which permission each HTTP route needs — in one place.
+
+Routes do not check permissions themselves: :func:`required_permission` maps a
+request (method + route template) to a permission, and the web layer's one
+dependency enforces it. A route missing from :data:`ROUTES` is refused to all
+but administrators, so a new endpoint is closed until it is listed here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMINISTRATOR = "administrator"
+    RADIOLOGIST = "radiologist"
+    TECHNOLOGIST = "technologist"
+    REFERRING = "referring"  # referring physician: only linked, granted or shared studies
+    AUDITOR = "auditor"
+
+
+class Perm(StrEnum):
+    STUDY_READ = "study.read"  # search, view, retrieve
+    STUDY_WRITE = "study.write"  # store (STOW-RS)
+    STUDY_DELETE = "study.delete"
+    STUDY_EXPORT = "study.export"  # zip download, send to another AE
+    STUDY_GRANT = "study.grant"  # open a study to a user or group
+    CHANGES_READ = "changes.read"  # the change feed (every study)
+    NODES_READ = "nodes.read"
+    NODES_WRITE = "nodes.write"
+    JOBS_READ = "jobs.read"
+    JOBS_WRITE = "jobs.write"
+    SYSTEM_READ = "system.read"  # statistics
+    AUDIT_READ = "audit.read"
+    USERS_ADMIN = "users.admin"
+    SELF = "self"  # one's own account: who am I, own API keys
+    PUBLIC = "public"  # no authentication (health, login)
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
+    Role.ADMINISTRATOR: frozenset(Perm),
+    Role.RADIOLOGIST: frozenset(
+        {
+            Perm.STUDY_READ,
+            Perm.STUDY_WRITE,
+            Perm.STUDY_EXPORT,
+            Perm.STUDY_GRANT,
+            Perm.JOBS_READ,
+            Perm.JOBS_WRITE,
+            Perm.NODES_READ,
+            Perm.SYSTEM_READ,
+            Perm.SELF,
+            Perm.PUBLIC,
+        }
+    ),
+    Role.TECHNOLOGIST: frozenset(
+        {
+            Perm.STUDY_READ,
+            Perm.STUDY_WRITE,
+            Perm.STUDY_EXPORT,
+            Perm.JOBS_READ,
+            Perm.JOBS_WRITE,
+            Perm.NODES_READ,
+            Perm.SYSTEM_READ,
+            Perm.SELF,
+            Perm.PUBLIC,
+        }
+    ),
+    Role.REFERRING: frozenset({Perm.STUDY_READ, Perm.SELF, Perm.PUBLIC}),
+    Role.AUDITOR: frozenset({Perm.AUDIT_READ, Perm.SYSTEM_READ, Perm.SELF, Perm.PUBLIC}),
+}
+# Roles that see every study (the others only those opened to them).
+ALL_STUDIES = frozenset({Role.ADMINISTRATOR, Role.RADIOLOGIST, Role.TECHNOLOGIST})
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    methods: frozenset[str]
+    pattern: re.Pattern[str]
+    permission: Perm
+
+
+def _rule(methods: str, pattern: str, permission: Perm) -> Rule:
+    return Rule(frozenset(methods.split()), re.compile(pattern + r"\Z"), permission)
+
+
+_RESOURCES = r"/api/v1/(patients|studies|series|instances)"
+# First match wins. Patterns are matched against the route template (e.g.
+# "/dicomweb/studies/{study_uid}/metadata"), not the concrete path.
+ROUTES: list[Rule] = [
+    _rule("GET HEAD", r"/api/v1/health", Perm.PUBLIC),
+    _rule("POST", r"/api/v1/auth/(login|token)", Perm.PUBLIC),
+    _rule("POST", r"/api/v1/auth/logout", Perm.SELF),
+    _rule("GET", r"/api/v1/auth/me", Perm.SELF),
+    _rule("GET POST", r"/api/v1/auth/api-keys", Perm.SELF),
+    _rule("DELETE", r"/api/v1/auth/api-keys/\{key_id\}", Perm.SELF),
+    _rule("GET HEAD", r"/api/(v1/openapi\.json|docs|docs/oauth2-redirect)", Perm.PUBLIC),
+    _rule("GET POST PUT DELETE", r"/api/v1/users(/.*)?", Perm.USERS_ADMIN),
+    _rule("POST", r"/dicomweb/studies(/\{study_uid\})?", Perm.STUDY_WRITE),
+    _rule("GET HEAD", r"/dicomweb/.*", Perm.STUDY_READ),
+    _rule("GET HEAD", _RESOURCES + r"/\{[a-z_]+\}/archive", Perm.STUDY_EXPORT),
+    _rule("GET POST DELETE", r"/api/v1/studies/\{study_uid\}/grants(/.*)?", Perm.STUDY_GRANT),
+    _rule("GET HEAD", _RESOURCES + r"(/.*)?", Perm.STUDY_READ),
+    _rule("DELETE", _RESOURCES + r"/.*", Perm.STUDY_DELETE),
+    _rule("GET", r"/api/v1/changes", Perm.CHANGES_READ),
+    _rule("GET", r"/api/v1/statistics", Perm.SYSTEM_READ),
+    _rule("GET", r"/api/v1/remote-aes(/\{name\})?", Perm.NODES_READ),
+    _rule("POST", r"/api/v1/remote-aes/\{name\}/echo", Perm.NODES_READ),
+    _rule("POST DELETE", r"/api/v1/remote-aes(/\{name\})?", Perm.NODES_WRITE),
+    _rule("GET", r"/api/v1/jobs(/\{job_id\})?", Perm.JOBS_READ),
+    _rule("POST", r"/api/v1/jobs(/\{job_id\}/(retry|cancel))?", Perm.JOBS_WRITE),
+    _rule("GET", r"/api/v1/audit(/.*)?", Perm.AUDIT_READ),
+]
+ADMIN_ONLY = Perm.USERS_ADMIN
+
+
+def required_permission(method: str, route: str) -> Perm:
+    """The permission a request needs; unlisted routes need an administrator."""
+    method = "GET" if method == "HEAD" else method
+    for rule in ROUTES:
+        if method in rule.methods and rule.pattern.match(route):
+            return rule.permission
+    return ADMIN_ONLY
+
+
+def permissions_of(role: str) -> frozenset[Perm]:
+    try:
+        return ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        return frozenset({Perm.PUBLIC})

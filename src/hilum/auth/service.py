@@ -1,0 +1,364 @@
+"""Users, passwords, sessions, tokens and API keys.
+
+Passwords are hashed with argon2id (argon2-cffi). A login that fails
+``lockout_attempts`` times in a row locks the account for ``lockout_minutes``;
+failures are counted in the index, so every HTTP process sees them. Tokens are
+random (256 bits) and stored as SHA-256 digests: a stolen database yields no
+usable credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, func, insert, select, update
+
+from hilum.auth.models import credentials_t, users_t
+from hilum.auth.policy import ALL_STUDIES, Perm, Role, permissions_of
+from hilum.domain.attributes import person_name_key
+from hilum.domain.errors import HilumError
+
+LOG = logging.getLogger(__name__)
+_HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory defaults
+# Verified against when the user does not exist, so timing does not reveal names.
+_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+INITIAL_PASSWORD_FILE = "initial-admin-password.txt"
+_USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+
+
+class AuthError(HilumError):
+    """Authentication failed (HTTP 401); the message is safe to show."""
+
+
+class AccountError(HilumError):
+    """A user-management request that cannot be done (bad name, unknown user...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, with what rights."""
+
+    user_id: int
+    username: str
+    role: str
+    permissions: frozenset[Perm]
+    person_name_key: str = ""
+    groups: tuple[str, ...] = ()
+    credential_id: int | None = None
+    via: str = ""  # session | token | apikey | basic | share
+
+    @property
+    def all_studies(self) -> bool:
+        try:
+            return Role(self.role) in ALL_STUDIES
+        except ValueError:
+            return False
+
+    def can(self, permission: Perm) -> bool:
+        return permission in self.permissions
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def validate_username(name: str) -> str:
+    if not 1 <= len(name) <= 64 or not set(name) <= _USERNAME_CHARS:
+        raise AccountError(f"user name {name[:80]!r}: use 1-64 letters, digits, '.', '_', '-', '@'")
+    return name
+
+
+def validate_password(password: str) -> str:
+    if len(password) < 10:
+        raise AccountError("passwords need at least 10 characters")
+    if len(password) > 1024:
+        raise AccountError("passwords are at most 1024 characters")
+    return password
+
+
+class AuthService:
+    def __init__(self, engine: Engine, config: Any) -> None:
+        self.engine = engine
+        self.config = config
+
+    # -- users ---------------------------------------------------------------------------
+    def add_user(
+        self,
+        username: str,
+        role: str,
+        password: str | None,
+        *,
+        display_name: str = "",
+        person_name: str = "",
+        groups: list[str] | None = None,
+    ) -> int:
+        validate_username(username)
+        try:
+            Role(role)
+        except ValueError:
+            raise AccountError(f"unknown role {role!r}; roles: {', '.join(r.value for r in Role)}") from None
+        hashed = _HASHER.hash(validate_password(password)) if password is not None else None
+        with self.engine.begin() as conn:
+            if conn.execute(select(users_t.c.id).where(users_t.c.username == username)).first():
+                raise AccountError(f"user {username!r} already exists")
+            result = conn.execute(
+                insert(users_t).values(
+                    username=username,
+                    role=role,
+                    password_hash=hashed,
+                    display_name=display_name,
+                    person_name=person_name,
+                    groups=",".join(g.strip() for g in groups or [] if g.strip()),
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def set_password(self, username: str, password: str) -> None:
+        hashed = _HASHER.hash(validate_password(password))
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(users_t)
+                .where(users_t.c.username == username)
+                .values(password_hash=hashed, failed_logins=0, locked_until=None, updated_at=func.now())
+            )
+            if done.rowcount == 0:
+                raise AccountError(f"no user {username!r}")
+            # A new password ends every session and token of the user (API keys stay).
+            user_id = conn.execute(select(users_t.c.id).where(users_t.c.username == username)).scalar_one()
+            conn.execute(
+                update(credentials_t)
+                .where(
+                    credentials_t.c.user_id == user_id,
+                    credentials_t.c.kind != "apikey",
+                    credentials_t.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=func.now())
+            )
+
+    def set_disabled(self, username: str, disabled: bool) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(users_t)
+                .where(users_t.c.username == username)
+                .values(disabled=disabled, updated_at=func.now())
+            )
+            if done.rowcount == 0:
+                raise AccountError(f"no user {username!r}")
+
+    def list_users(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(users_t).order_by(users_t.c.username)).mappings().all()
+        return [
+            {
+                k: row[k]
+                for k in (
+                    "id",
+                    "username",
+                    "display_name",
+                    "person_name",
+                    "role",
+                    "groups",
+                    "disabled",
+                    "locked_until",
+                    "last_login_at",
+                    "created_at",
+                )
+            }
+            for row in rows
+        ]
+
+    def ensure_initial_admin(self, data_dir: Path) -> str | None:
+        """First start: create 'admin' with a random password; return it (None if users exist)."""
+        with self.engine.connect() as conn:
+            if conn.execute(select(users_t.c.id).limit(1)).first() is not None:
+                return None
+        password = generate_password()
+        try:
+            self.add_user("admin", Role.ADMINISTRATOR.value, password, display_name="Administrator")
+        except AccountError:
+            return None  # another process created it first
+        path = data_dir / INITIAL_PASSWORD_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"user: admin\npassword: {password}\n")
+        return password
+
+    # -- authentication ------------------------------------------------------------------
+    def check_password(self, username: str, password: str) -> Principal:
+        """The user, if the password is right and the account usable; AuthError otherwise."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(users_t).where(users_t.c.username == username)).mappings().first()
+        if row is None or row["password_hash"] is None:
+            _verify(_DUMMY_HASH, password)
+            raise AuthError("wrong user name or password")
+        locked_until = _aware(row["locked_until"])
+        if locked_until is not None and locked_until > _now():
+            raise AuthError("too many failed logins: the account is locked for a while")
+        if not _verify(row["password_hash"], password):
+            self._failed(row["id"], row["failed_logins"] + 1)
+            raise AuthError("wrong user name or password")
+        if row["disabled"]:
+            raise AuthError("this account is disabled")
+        with self.engine.begin() as conn:
+            values: dict[str, Any] = {"failed_logins": 0, "locked_until": None, "last_login_at": func.now()}
+            if _HASHER.check_needs_rehash(row["password_hash"]):
+                values["password_hash"] = _HASHER.hash(password)
+            conn.execute(update(users_t).where(users_t.c.id == row["id"]).values(**values))
+        return _principal(row, via="password")
+
+    def _failed(self, user_id: int, failures: int) -> None:
+        values: dict[str, Any] = {"failed_logins": failures}
+        if failures >= self.config.lockout_attempts:
+            values["locked_until"] = _now() + timedelta(minutes=self.config.lockout_minutes)
+            values["failed_logins"] = 0
+            LOG.warning("user %d locked after %d failed logins", user_id, failures)
+        with self.engine.begin() as conn:
+            conn.execute(update(users_t).where(users_t.c.id == user_id).values(**values))
+
+    def issue(
+        self, principal: Principal, kind: str, *, ip: str = "", name: str = "", hours: float | None = None
+    ) -> tuple[str, str | None, int]:
+        """A new credential: (token, csrf token for sessions, credential id)."""
+        token = new_token({"session": "hls", "token": "hlt", "apikey": "hlk"}[kind])
+        csrf = secrets.token_urlsafe(24) if kind == "session" else None
+        expires = _now() + timedelta(hours=hours) if hours else None
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(credentials_t).values(
+                    user_id=principal.user_id,
+                    kind=kind,
+                    token_hash=token_digest(token),
+                    name=name,
+                    csrf_hash=token_digest(csrf) if csrf else None,
+                    client_ip=ip,
+                    expires_at=expires,
+                )
+            )
+            return token, csrf, int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def resolve(self, token: str) -> tuple[Principal, str | None]:
+        """The principal of a token and (for sessions) its CSRF digest; AuthError if not valid."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(
+                        credentials_t,
+                        users_t.c.username,
+                        users_t.c.role,
+                        users_t.c.person_name,
+                        users_t.c.groups,
+                        users_t.c.disabled,
+                        users_t.c.id.label("uid"),
+                    )
+                    .join(users_t, users_t.c.id == credentials_t.c.user_id)
+                    .where(credentials_t.c.token_hash == token_digest(token))
+                )
+                .mappings()
+                .first()
+            )
+        if row is None or row["revoked_at"] is not None:
+            raise AuthError("invalid or revoked credentials")
+        expires = _aware(row["expires_at"])
+        if expires is not None and expires <= _now():
+            raise AuthError("the session or token has expired")
+        if row["disabled"]:
+            raise AuthError("this account is disabled")
+        principal = Principal(
+            user_id=row["uid"],
+            username=row["username"],
+            role=row["role"],
+            permissions=permissions_of(row["role"]),
+            person_name_key=person_name_key(row["person_name"] or ""),
+            groups=tuple(g for g in (row["groups"] or "").split(",") if g),
+            credential_id=row["id"],
+            via=row["kind"],
+        )
+        return principal, row["csrf_hash"]
+
+    def revoke(self, credential_id: int, user_id: int | None = None) -> bool:
+        stmt = update(credentials_t).where(
+            credentials_t.c.id == credential_id, credentials_t.c.revoked_at.is_(None)
+        )
+        if user_id is not None:
+            stmt = stmt.where(credentials_t.c.user_id == user_id)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.values(revoked_at=func.now())).rowcount > 0
+
+    def api_keys(self, user_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(
+                        credentials_t.c.id,
+                        credentials_t.c.name,
+                        credentials_t.c.created_at,
+                        credentials_t.c.revoked_at,
+                    )
+                    .where(credentials_t.c.user_id == user_id, credentials_t.c.kind == "apikey")
+                    .order_by(credentials_t.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) for r in rows]
+
+    def user_id(self, username: str) -> int:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(users_t.c.id).where(users_t.c.username == username)).scalar()
+        if found is None:
+            raise AccountError(f"no user {username!r}")
+        return int(found)
+
+
+def _verify(hashed: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(hashed, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _principal(row: Any, via: str) -> Principal:
+    return Principal(
+        user_id=row["id"],
+        username=row["username"],
+        role=row["role"],
+        permissions=permissions_of(row["role"]),
+        person_name_key=person_name_key(row["person_name"] or ""),
+        groups=tuple(g for g in (row["groups"] or "").split(",") if g),
+        via=via,
+    )
+
+
+def _principal_for_user(engine: Engine, username: str) -> Principal:
+    with engine.connect() as conn:
+        row = conn.execute(select(users_t).where(users_t.c.username == username)).mappings().first()
+    if row is None:
+        raise AccountError(f"no user {username!r}")
+    return _principal(row, via="cli")

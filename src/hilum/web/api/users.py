@@ -1,0 +1,151 @@
+"""User administration (administrators) and study grants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import delete, insert, select
+
+from hilum.app import Services
+from hilum.auth.models import study_grants_t
+from hilum.auth.policy import Role
+from hilum.auth.service import AccountError
+from hilum.web.problems import Problem
+from hilum.web.security import auth_service, principal_of
+
+router = APIRouter()
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=64)
+    role: Role
+    password: str = Field(min_length=10, max_length=1024)
+    display_name: str = ""
+    person_name: str = Field("", description="DICOM person name, e.g. HOUSE^GREGORY (referring physicians)")
+    groups: list[str] = []
+
+
+class UserChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str | None = Field(None, min_length=10, max_length=1024)
+    disabled: bool | None = None
+
+
+class Grant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    principal_kind: str = Field(pattern="^(user|group)$")
+    principal: str = Field(min_length=1, max_length=64)
+
+
+def _account(call: Any) -> Any:
+    try:
+        return call()
+    except AccountError as exc:
+        raise Problem(409 if "exists" in str(exc) else 400, str(exc)) from None
+
+
+@router.get("/users", summary="List users")
+def list_users(request: Request) -> list[dict[str, Any]]:
+    return auth_service(request).list_users()
+
+
+@router.post("/users", status_code=201, summary="Create a user")
+def create_user(request: Request, body: NewUser) -> dict[str, Any]:
+    service = auth_service(request)
+    user_id = _account(
+        lambda: service.add_user(
+            body.username,
+            body.role.value,
+            body.password,
+            display_name=body.display_name,
+            person_name=body.person_name,
+            groups=body.groups,
+        )
+    )
+    return {"id": user_id, "username": body.username, "role": body.role.value}
+
+
+@router.put("/users/{username}", summary="Change a user's password or disable/enable it")
+def change_user(request: Request, username: str, body: UserChange) -> dict[str, Any]:
+    service = auth_service(request)
+    if body.password is None and body.disabled is None:
+        raise Problem(400, "nothing to change: give password and/or disabled")
+    if body.password is not None:
+        _account(lambda: service.set_password(username, body.password or ""))
+    if body.disabled is not None:
+        _account(lambda: service.set_disabled(username, bool(body.disabled)))
+    return {
+        "username": username,
+        "changed": [k for k in ("password", "disabled") if getattr(body, k) is not None],
+    }
+
+
+def _study_uid(uid: str) -> str:
+    if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
+        raise Problem(400, f"{uid[:80]!r} is not a UID")
+    return uid
+
+
+@router.get(
+    "/studies/{study_uid}/grants", summary="Who a study is opened to (besides its referring physician)"
+)
+def list_grants(request: Request, study_uid: str) -> list[dict[str, Any]]:
+    services: Services = request.app.state.services
+    with services.engine.connect() as conn:
+        rows = (
+            conn.execute(
+                select(study_grants_t).where(study_grants_t.c.study_instance_uid == _study_uid(study_uid))
+            )
+            .mappings()
+            .all()
+        )
+    return [dict(r) for r in rows]
+
+
+@router.post("/studies/{study_uid}/grants", status_code=201, summary="Open a study to a user or a group")
+def add_grant(request: Request, study_uid: str, body: Grant) -> dict[str, Any]:
+    services: Services = request.app.state.services
+    caller = principal_of(request)
+    if body.principal_kind == "user":
+        _account(lambda: auth_service(request).user_id(body.principal))
+    with services.engine.begin() as conn:
+        exists = conn.execute(
+            select(study_grants_t.c.id).where(
+                study_grants_t.c.study_instance_uid == _study_uid(study_uid),
+                study_grants_t.c.principal_kind == body.principal_kind,
+                study_grants_t.c.principal == body.principal,
+            )
+        ).first()
+        if exists is None:
+            conn.execute(
+                insert(study_grants_t).values(
+                    study_instance_uid=study_uid,
+                    principal_kind=body.principal_kind,
+                    principal=body.principal,
+                    created_by=caller.username if caller else "",
+                )
+            )
+    return {"study_instance_uid": study_uid, **body.model_dump()}
+
+
+@router.delete(
+    "/studies/{study_uid}/grants/{principal_kind}/{principal}",
+    status_code=204,
+    summary="Close a study to a user or group again",
+)
+def remove_grant(request: Request, study_uid: str, principal_kind: str, principal: str) -> Response:
+    services: Services = request.app.state.services
+    with services.engine.begin() as conn:
+        done = conn.execute(
+            delete(study_grants_t).where(
+                study_grants_t.c.study_instance_uid == _study_uid(study_uid),
+                study_grants_t.c.principal_kind == principal_kind,
+                study_grants_t.c.principal == principal,
+            )
+        )
+    if done.rowcount == 0:
+        raise Problem(404, "no such grant")
+    return Response(status_code=204)
