@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from hilum.audit.service import AuditService
 from hilum.config import RemoteAE, Settings
 from hilum.domain.errors import HilumError
 from hilum.domain.events import EventBus
@@ -32,9 +34,11 @@ class Services:
     writer: IndexWriter
     ingest: IngestService
     nodes: RemoteNodes
+    audit: AuditService
 
     def close(self) -> None:
         self.writer.stop()
+        self.audit.close()  # after the writer: the last stored instances get their records
         self.engine.dispose()
 
 
@@ -75,6 +79,26 @@ def prepare(settings: Settings, *, recover: bool = False) -> None:
         nodes = RemoteNodes(engine)
         for node in settings.remote_aes:
             nodes.upsert(node, from_config=True)
+        if recover:  # `hilum serve` starting: Application Start now, Application Stop at exit
+            record_application_activity(settings, engine, started=True)
+            atexit.register(_application_stopped, settings)
+    finally:
+        engine.dispose()
+
+
+def record_application_activity(settings: Settings, engine: Engine, *, started: bool) -> None:
+    """Write an Application Start / Stop audit record (PS3.15 A.5.3.1) at once."""
+    audit = AuditService(settings, engine)
+    audit.application_activity(started=started)
+    audit.close()
+
+
+def _application_stopped(settings: Settings) -> None:
+    engine = make_engine(settings.index_url, pool_size=1)
+    try:
+        record_application_activity(settings, engine, started=False)
+    except Exception:
+        LOG.exception("cannot record the Application Stop audit message")
     finally:
         engine.dispose()
 
@@ -100,6 +124,7 @@ def build_services(settings: Settings) -> Services:
         writer=writer,
         ingest=ingest,
         nodes=RemoteNodes(engine),
+        audit=AuditService(settings, engine, events),
     )
 
 

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ae_rm)
     ae_rm.add_argument("name")
 
+    from hilum.audit import cli as audit_cli
+
+    audit_cli.add_parser(sub, _common)
+
     imp = sub.add_parser("import", help="import files, folders, zip files, DICOMDIR media")
     _common(imp)
     imp.add_argument("paths", nargs="+", type=Path)
@@ -143,6 +147,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if command == "ae":
         return _ae(args)
+    if command == "audit":
+        from hilum.audit import cli as audit_cli
+
+        return audit_cli.run(args, _settings(args), console)
     if command == "import":
         return _import(args)
     if command == "export":

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from hilum.audit.settings import AuditSettings
 from hilum.jobs.settings import JobSettings
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE VR, no backslash
@@ -119,6 +120,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     remote_aes: list[RemoteAE] = Field(default_factory=list)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     # Set by load_settings() from --config; not a key of its own.

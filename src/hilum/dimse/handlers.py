@@ -121,6 +121,7 @@ class DimseHandlers:
     def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         try:
             identifier = event.identifier
+            self.services.audit.dimse_query(event, identifier)  # PS3.15 A.5.3.10 Query
             query = query_from_identifier(identifier, _root(event))
         except InvalidQuery as exc:
             yield _status(0xA900, str(exc)), None
@@ -172,7 +173,7 @@ class DimseHandlers:
             {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _on_accepted)]},
         )
         yield len(instances)
-        for instance in instances:
+        for instance in self.services.audit.dimse_retrieving(event, instances, destination):
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
@@ -191,7 +192,7 @@ class DimseHandlers:
         yield len(instances)
         _send_files_unchanged(event.assoc)
         accepted = _accepted_syntaxes(event.assoc, scp_role=True)
-        for instance in instances:
+        for instance in self.services.audit.dimse_retrieving(event, instances):
             if event.is_cancelled:
                 yield 0xFE00, None
                 return

@@ -11,8 +11,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from hilum import __version__
 from hilum.app import Services
+from hilum.audit.http import AuditMiddleware
 from hilum.web import problems
 from hilum.web.api import changes, jobs, nodes, resources, system
+from hilum.web.api.audit import router as audit_router
 from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
 
 DICOMWEB_PREFIX = "/dicomweb"
@@ -29,6 +31,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    app.add_middleware(AuditMiddleware)  # audit records for DICOMweb and API requests (hilum.audit.http)
     origins = services.settings.http.cors_origins
     if origins:
         app.add_middleware(
@@ -46,4 +49,5 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(nodes.router, prefix="/api/v1", tags=["remote AEs"])
     app.include_router(jobs.router, prefix="/api/v1", tags=["jobs"])
     app.include_router(changes.router, prefix="/api/v1", tags=["changes"])
+    app.include_router(audit_router, prefix="/api/v1", tags=["audit"])
     return app
