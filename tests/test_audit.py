@@ -342,6 +342,39 @@ def test_a_full_queue_loses_nothing_silently(
     check_audit_message(alert["xml"])
 
 
+def test_a_record_that_cannot_be_written_does_not_hold_up_the_others(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = services.audit
+    audit.user_authentication("nul\x00user", "10.0.0.\x00", True, "a NUL\x00 in every field")
+    assert audit.flush()  # NUL is replaced (PostgreSQL text cannot hold it)
+    [row] = store.search(services.engine, store.AuditFilter())
+    assert row["user_id"] == "nul\ufffduser"
+    check_audit_message(row["xml"])
+
+    write = audit._write
+
+    def refuse_poison(batch: list[AuditMessage]) -> None:
+        if any(m.requestor is not None and m.requestor.user_id == "poison" for m in batch):
+            raise RuntimeError("cannot store this one")
+        write(batch)
+
+    monkeypatch.setattr(audit, "_write", refuse_poison)
+    for name in ("ok1", "poison", "ok2"):
+        audit.user_authentication(name, "10.0.0.1", True)
+    for _ in range(4):  # fails as a batch, then is written one record at a time
+        audit.flush()
+    users = [r["user_id"] for r in store.search(services.engine, store.AuditFilter(event="Login"),
+                                                newest_first=False)]
+    assert users == ["nul\ufffduser", "ok1", "ok2"]
+    assert audit.lost == 1
+    monkeypatch.undo()
+    assert audit.flush()
+    [alert] = store.search(services.engine, store.AuditFilter(event="Audit Recording Stopped"))
+    assert "1 audit message(s) lost" in alert["xml"]
+    assert store.verify(services.engine).ok
+
+
 def test_stored_instances_cost_little_and_fold_into_one_record_per_study(services: Services) -> None:
     """C-STORE publishes InstanceStored per instance; auditing it must not slow ingest."""
     studies = [f"1.2.826.0.1.3680043.10.1.{n}" for n in range(5)]

@@ -160,10 +160,12 @@ class AuditMiddleware:
             with audit.engine.connect() as conn:
                 return store.subjects(conn, level, params["uid"])
 
+        if "\x00" in params["uid"]:
+            return {}
         try:
             return await to_thread.run_sync(lookup)
-        except Exception:
-            LOG.exception("cannot look up the subjects of a deletion")
+        except Exception as exc:  # the record is still written, without the patient
+            LOG.warning("cannot look up what %s/%s names: %s", params["level"], params["uid"][:80], exc)
             return {}
 
     async def _record(

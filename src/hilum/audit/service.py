@@ -266,10 +266,32 @@ class AuditService:
             self._write_failures += 1
             if self._write_failures == 1 or self._write_failures % 60 == 0:
                 LOG.error("cannot write %d audit record(s), will retry: %s", len(batch), exc)
-            self._retry = batch
+            self._retry = self._isolate(batch) if self._write_failures >= 3 else batch
         else:
             self._write_failures = 0
             self.written += len(batch)
+
+    def _isolate(self, batch: list[AuditMessage]) -> list[AuditMessage]:
+        """After repeated failures, write one record at a time: one that fails while
+        others succeed can never be written (it is logged, counted as lost and reported
+        by a Security Alert) and must not hold up the rest. If none succeeds the
+        database is unavailable: everything is kept for the next attempt."""
+        kept: list[AuditMessage] = []
+        for message in batch:
+            try:
+                self._write([message])
+            except Exception:
+                kept.append(message)
+            else:
+                self.written += 1
+        if kept and len(kept) < len(batch):
+            for message in kept:
+                LOG.error("audit record cannot be written, dropped: %s %s at %s",
+                          message.event_id.meaning, message.requestor, message.at)
+            with self._cond:
+                self.lost += len(kept)
+            return []
+        return kept
 
     def _lost_alert(self, lost: int) -> AuditMessage:
         return builders.security_alert(
@@ -312,8 +334,8 @@ class AuditService:
             "event_type": _members(t.meaning for t in message.event_types),
             "action": message.action,
             "outcome": message.outcome,
-            "user_id": requestor.user_id if requestor else "",
-            "source_ip": requestor.network_access_point if requestor else "",
+            "user_id": _text(requestor.user_id) if requestor else "",
+            "source_ip": _text(requestor.network_access_point) if requestor else "",
             "patient_ids": _members(pid.split("^^^")[0] for pid in message.patient_ids),
             "study_uids": _members(message.study_uids),
             "xml": to_xml(message, self.source),
@@ -488,8 +510,13 @@ class AuditService:
             LOG.exception("cannot build an audit message")
 
 
+def _text(value: str) -> str:
+    """A column value: no NUL (PostgreSQL text cannot hold it)."""
+    return value.replace("\x00", "\ufffd")
+
+
 def _members(values: Iterable[str]) -> str:
-    items = [v for v in dict.fromkeys(values) if v]
+    items = [_text(v) for v in dict.fromkeys(values) if v]
     return "|" + "|".join(v.replace("|", "/") for v in items) + "|" if items else ""
 
 

@@ -19,6 +19,7 @@ from hilum.audit.builders import resource_subject
 from hilum.audit.http import requestor
 from hilum.audit.service import AUDIT_LOG_URI
 from hilum.web.deps import ServicesDep
+from hilum.web.problems import Problem
 
 router = APIRouter()
 MAX_LIMIT = 1000
@@ -53,7 +54,7 @@ class Head(BaseModel):
     hash: str
 
 
-class Problem(BaseModel):
+class ChainProblem(BaseModel):
     seq: int | None
     reason: str
 
@@ -62,13 +63,22 @@ class VerifyReport(BaseModel):
     ok: bool
     records: int = Field(description="records checked and found intact")
     head: Head = Field(description="the last intact record: keep it elsewhere to detect truncation")
-    problem: Problem | None = Field(description="the first broken, edited or missing record")
+    problem: ChainProblem | None = Field(description="the first broken, edited or missing record")
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, name: str) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise Problem(400, f"{name}: out of range") from None
+
+
+def _text(value: str | None, name: str) -> str | None:
+    if value is not None and "\x00" in value:
+        raise Problem(400, f"{name}: invalid character")
+    return value
 
 
 def _out(record: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +119,8 @@ def list_audit_records(
     """Audit records matching every given condition."""
     services.audit.flush(timeout=5)  # this process's queued records first
     where = store.AuditFilter(
-        since=_utc(since), until=_utc(until), user=user, patient_id=patient_id, study=study, event=event,
+        since=_utc(since, "since"), until=_utc(until, "until"), user=_text(user, "user"),
+        patient_id=_text(patient_id, "patient_id"), study=_text(study, "study"), event=_text(event, "event"),
         outcome=outcome,
     )
     rows = store.search(services.engine, where, limit=limit + 1, offset=offset, newest_first=order == "desc")
