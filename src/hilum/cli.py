@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from hilum.config import ConfigError, RemoteAE, Settings, load_settings
+from hilum.config import ALL_PERMISSIONS, ConfigError, RemoteAE, Settings, load_settings
 from hilum.domain.errors import HilumError
 
 console = Console(stderr=False, soft_wrap=True)  # no hard wraps in paths when piped
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     ae_add.add_argument("host")
     ae_add.add_argument("port", type=int)
     ae_add.add_argument("--description", default="")
+    ae_add.add_argument(
+        "--permissions", default=",".join(ALL_PERMISSIONS), metavar="LIST",
+        help="services it may use on Hilum, comma-separated from store,find,move,get "
+        "(default: all; '' = C-ECHO only)",
+    )
+    ae_add.add_argument("--tls", action="store_true", help="associate with it over DICOM TLS")
     ae_list = ae_sub.add_parser("list", help="list remote AEs")
     _common(ae_list)
     ae_rm = ae_sub.add_parser("remove", help="remove a remote AE")
@@ -160,6 +166,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from hilum.app import DataDirLock, prepare
+    from hilum.dimse import tls
     from hilum.dimse.server import DimseServer
     from hilum.logging import configure_logging
     from hilum.web.server import HttpServer
@@ -171,6 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
         http={"port": args.http_port},
     )
     configure_logging(settings.log_level)
+    tls.check(settings)  # unreadable certificates or keys: stop before anything starts
     lock = DataDirLock(settings.data_dir)
     prepare(settings, recover=True)
     http = HttpServer(settings)
@@ -182,10 +190,12 @@ def _serve(args: argparse.Namespace) -> int:
     except BaseException:
         http.stop()
         raise
+    dicom_tls = f", TLS on port {settings.dicom.tls_port}" if settings.dicom.tls_port else ""
+    scheme = "https" if settings.http.tls_certificate else "http"
     console.print(
-        f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port} "
-        f"({settings.dicom_workers()} receiving processes), HTTP on "
-        f"http://{settings.http.host}:{settings.http.port} ({settings.http_workers()} processes), "
+        f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port}"
+        f"{dicom_tls} ({settings.dicom_workers()} receiving processes), HTTP on "
+        f"{scheme}://{settings.http.host}:{settings.http.port} ({settings.http_workers()} processes), "
         f"data in {settings.data_dir.resolve()}"
     )
     stop = threading.Event()
@@ -212,15 +222,21 @@ def _ae(args: argparse.Namespace) -> int:
     try:
         if args.ae_command == "add":
             try:
+                permissions = [p.strip() for p in args.permissions.split(",") if p.strip()]
                 node = RemoteAE(name=args.name, ae_title=args.ae_title, host=args.host,
-                                port=args.port, description=args.description)
+                                port=args.port, description=args.description,
+                                permissions=permissions, tls=args.tls)
             except ValidationError as exc:
                 problems = "; ".join(
                     f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
                 )
                 raise HilumError(f"invalid remote AE: {problems}") from None
             nodes.add(node)
-            console.print(f"added {node.name}: {node.ae_title}@{node.host}:{node.port}")
+            console.print(
+                f"added {node.name}: {node.ae_title}@{node.host}:{node.port}"
+                f"{' (TLS)' if node.tls else ''}, may use: "
+                f"{', '.join(['echo', *node.permissions])}"
+            )
         elif args.ae_command == "remove":
             nodes.remove(args.name)
             console.print(f"removed {args.name}")
@@ -371,7 +387,7 @@ def _scu(args: argparse.Namespace) -> int:
             remote = RemoteNodes(engine).resolve(args.remote)
         finally:
             engine.dispose()
-    scu = Scu(settings.dicom.ae_title)
+    scu = Scu.from_settings(settings.dicom)
     if args.command == "echo":
         code = scu.echo(remote)
         console.print(f"C-ECHO {remote.ae_title}@{remote.host}:{remote.port}: status 0x{code:04X}")

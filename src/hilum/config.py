@@ -10,9 +10,16 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +51,11 @@ class DuplicatePolicy(StrEnum):
     REJECT = "reject"  # refuse the new copy with a DIMSE failure / HTTP 409
 
 
+# What a known remote AE may ask of Hilum as SCP (C-ECHO is always allowed); see dimse/access.py.
+Permission = Literal["store", "find", "move", "get"]
+ALL_PERMISSIONS: tuple[Permission, ...] = ("store", "find", "move", "get")
+
+
 class RemoteAE(BaseModel):
     """A remote DICOM node Hilum may send to (C-MOVE destination, SCU target)."""
 
@@ -51,11 +63,22 @@ class RemoteAE(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     ae_title: str
+    # Where the node listens; also the address its associations must come from
+    # (compared by resolved IP). "*": any address (such an entry cannot be sent to).
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     description: str = ""
+    # Services the node may use on Hilum (all four by default, as before permissions existed).
+    permissions: list[Permission] = Field(default_factory=lambda: list(ALL_PERMISSIONS))
+    # Hilum's associations to this node use DICOM TLS (PS3.15 B.9).
+    tls: bool = False
 
     _check_aet = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
+
+    @field_validator("permissions")
+    @classmethod
+    def _canonical_permissions(cls, value: list[Permission]) -> list[Permission]:
+        return [p for p in ALL_PERMISSIONS if p in value]  # no duplicates, one order
 
 
 class DicomSettings(BaseModel):
@@ -77,6 +100,14 @@ class DicomSettings(BaseModel):
     dimse_timeout: float = Field(default=60, gt=0)
     network_timeout: float = Field(default=120, gt=0)
     max_associations: int = Field(default=32, ge=1)
+    # false: only known remote AEs (AE title + host) may associate; see dimse/access.py.
+    accept_unknown_aes: bool = True
+    # DICOM TLS (PS3.15 B.9) listener, served by the same receiving processes; 0 = off.
+    tls_port: int = Field(default=0, ge=0, le=65535)
+    tls_certificate: str = ""  # PEM: Hilum's certificate (chain), also its client certificate
+    tls_private_key: str = ""  # PEM, unencrypted
+    tls_ca_certificates: str = ""  # PEM bundle: verifies client and remote server certificates
+    tls_require_client_certificate: bool = False
 
     _check_aet = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
 
@@ -84,6 +115,21 @@ class DicomSettings(BaseModel):
     @classmethod
     def _check_allowed(cls, value: list[str]) -> list[str]:
         return [validate_ae_title(v) for v in value]
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> DicomSettings:
+        if bool(self.tls_certificate) != bool(self.tls_private_key):
+            raise ValueError("tls_certificate and tls_private_key must be set together")
+        if self.tls_port:
+            if not self.tls_certificate:
+                raise ValueError("tls_port needs tls_certificate and tls_private_key")
+            if self.tls_port == self.port:
+                raise ValueError("tls_port must differ from port")
+        if self.tls_require_client_certificate and not self.tls_ca_certificates:
+            raise ValueError(
+                "tls_require_client_certificate needs tls_ca_certificates to verify them with"
+            )
+        return self
 
 
 class HttpSettings(BaseModel):
@@ -102,6 +148,15 @@ class HttpSettings(BaseModel):
     # QIDO-RS: results per page when the client gives no limit, and the most it may ask for.
     qido_default_limit: int = Field(default=1000, ge=1)
     qido_max_limit: int = Field(default=10000, ge=1)
+    # HTTPS: PEM certificate (chain) and unencrypted private key; both empty = plain HTTP.
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> HttpSettings:
+        if bool(self.tls_certificate) != bool(self.tls_private_key):
+            raise ValueError("tls_certificate and tls_private_key must be set together")
+        return self
 
 
 class Settings(BaseSettings):

@@ -28,6 +28,7 @@ import logging
 import os
 import queue
 import select
+import ssl
 import struct
 import tempfile
 import threading
@@ -88,6 +89,9 @@ class FastDUL(DULServiceProvider):
         readable: list[Any] = [self._wake_r]
         sock = self.socket
         if sock is not None and sock.socket is not None and sock._is_connected:
+            # TLS: bytes OpenSSL has already decrypted are invisible to select()
+            if isinstance(sock.socket, ssl.SSLSocket) and sock.socket.pending():
+                return
             readable.append(sock.socket)
         try:
             ready, _, _ = select.select(readable, [], [], IDLE_POLL)

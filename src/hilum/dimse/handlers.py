@@ -34,6 +34,7 @@ from hilum.dimse.identifiers import (
     query_from_identifier,
     response_identifier,
 )
+from hilum.dimse.scu import Scu
 from hilum.domain.errors import IngestFailure, InvalidQuery
 from hilum.index.search import StoredInstance, matching_instances, search
 
@@ -61,6 +62,8 @@ class DimseHandlers:
         self.services = services
         self.ae_title = services.settings.dicom.ae_title
         self.commitment = CommitmentService(services)
+        # C-MOVE sub-associations to remote AEs with tls = true use Hilum's TLS client settings
+        self._sub_operations = Scu.from_settings(services.settings.dicom)
         # C-STORE sub-operations given a file path send its data set bytes as stored
         # (see _send_files_unchanged), not re-encoded by pydicom.
         _config.STORE_SEND_CHUNKED_DATASET = True
@@ -156,7 +159,10 @@ class DimseHandlers:
             # pynetdicom wants the destination and a sub-operation count before
             # a status; one "sub-operation" that fails carries the 0xA900.
             verification = build_context(Verification)
-            yield destination.host, destination.port, {"contexts": [verification]}
+            yield destination.host, destination.port, {
+                "contexts": [verification],
+                "tls_args": self._sub_operations.tls_args(destination),
+            }
             yield 1
             yield _status(0xA900, str(exc)), None
             return
@@ -170,7 +176,11 @@ class DimseHandlers:
         yield (
             destination.host,
             destination.port,
-            {"contexts": contexts, "evt_handlers": [(evt.EVT_ACCEPTED, _on_accepted)]},
+            {
+                "contexts": contexts,
+                "evt_handlers": [(evt.EVT_ACCEPTED, _on_accepted)],
+                "tls_args": self._sub_operations.tls_args(destination),
+            },
         )
         yield len(instances)
         for instance in self.services.audit.dimse_retrieving(event, instances, destination):

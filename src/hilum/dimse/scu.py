@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from hilum.config import RemoteAE, validate_ae_title
+from hilum.config import DicomSettings, RemoteAE, validate_ae_title
+from hilum.dimse.tls import client_context, default_client_context
 from hilum.dimse.tuning import apply_pynetdicom_tuning
 from hilum.domain.errors import HilumError
 
@@ -65,9 +67,35 @@ class StoreReport:
 
 
 class Scu:
-    def __init__(self, ae_title: str, *, timeout: float = 30) -> None:
+    """``tls_context``: for remote AEs with ``tls = true``; without one, such remotes are
+    verified against the system's CAs and see no client certificate (see :meth:`from_settings`)."""
+
+    def __init__(
+        self,
+        ae_title: str,
+        *,
+        timeout: float = 30,
+        tls_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.timeout = timeout
+        self._tls = tls_context or default_client_context
+
+    @classmethod
+    def from_settings(cls, dicom: DicomSettings, *, timeout: float = 30) -> Scu:
+        """An SCU with Hilum's AE title and TLS client settings (certificate, CAs).
+
+        The certificate files are read when a TLS remote is first contacted.
+        """
+        return cls(dicom.ae_title, timeout=timeout, tls_context=lambda: client_context(dicom))
+
+    def tls_args(self, remote: RemoteAE) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args`` for an association to ``remote`` (None: plain TCP)."""
+        if not remote.tls:
+            return None
+        if not isinstance(self._tls, ssl.SSLContext):
+            self._tls = self._tls()
+        return self._tls, remote.host
 
     def _ae(self) -> AE:
         apply_pynetdicom_tuning()
@@ -78,11 +106,15 @@ class Scu:
         return ae
 
     def _associate(self, ae: AE, remote: RemoteAE, **kwargs: Any) -> Association:
-        assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, **kwargs)
+        tls_args = self.tls_args(remote)
+        assoc = ae.associate(
+            remote.host, remote.port, ae_title=remote.ae_title, tls_args=tls_args, **kwargs
+        )
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+            over = " over TLS" if tls_args else ""
             raise ScuError(
-                f"association with {remote.ae_title}@{remote.host}:{remote.port} {reason}"
+                f"association{over} with {remote.ae_title}@{remote.host}:{remote.port} {reason}"
             )
         return assoc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config
+from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -35,10 +37,12 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from hilum.app import Services, build_services
 from hilum.config import Settings
+from hilum.dimse import tls
+from hilum.dimse.access import AccessControl
 from hilum.dimse.fastpath import FastRequestHandler, set_staging_dir
 from hilum.dimse.handlers import DimseHandlers
 from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
@@ -104,8 +108,10 @@ class SharedSocketServer(ThreadedAssociationServer):
     SO_REUSEPORT, which hashes connections to processes up front.
     """
 
+    listening = "socket"  # which of the sockets `hilum serve` passed down
+
     def server_bind(self) -> None:
-        listening = _inherited["socket"]
+        listening = _inherited[self.listening]
         if self.socket is not None and self.socket is not listening:
             self.socket.close()
         self.socket = listening
@@ -120,6 +126,39 @@ class SharedSocketServer(ThreadedAssociationServer):
         client, address = super().get_request()
         set_nodelay(client)
         return client, address
+
+
+class TlsSharedSocketServer(SharedSocketServer):
+    """The same on the DICOM TLS listening socket (``dicom.tls_port``).
+
+    pynetdicom would complete each TLS handshake in the accepting thread; here
+    it runs in the connection's own thread, bounded by the ACSE timeout.
+    """
+
+    listening = "tls"
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None and self.ssl_context is not None
+        client, address = self.socket.accept()
+        set_nodelay(client)
+        return tls.accept(self.ssl_context, client), address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if not tls.handshake(request, self.ae.acse_timeout):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
+def _request_handler(fast_path: bool, access: AccessControl) -> type[RequestHandler]:
+    """pynetdicom's request handler (or the fast path's), with Hilum's access control."""
+    base: type[RequestHandler] = FastRequestHandler if fast_path else RequestHandler
+
+    class GuardedRequestHandler(base):  # type: ignore[valid-type, misc]
+        def _create_association(self) -> Association:
+            return access.guard(super()._create_association())
+
+    return GuardedRequestHandler
 
 
 def build_ae(services: Services) -> AE:
@@ -162,9 +201,13 @@ def configure_receiving(services: Services) -> None:
 
 
 def run_worker(
-    settings_data: dict[str, Any], index: int, ready: MpEvent | None, listening: socket.socket
+    settings_data: dict[str, Any],
+    index: int,
+    ready: MpEvent | None,
+    listening: socket.socket,
+    tls_listening: socket.socket | None = None,
 ) -> None:
-    """Entry point of one receiving process."""
+    """Entry point of one receiving process (plain and, if configured, TLS listener)."""
     settings = Settings(**settings_data)
     _inherited["socket"] = listening
     from hilum.logging import configure_logging
@@ -178,23 +221,61 @@ def run_worker(
         resumed = handlers.commitment.resume_pending()
         if resumed:
             LOG.info("resending %d pending storage commitment report(s)", resumed)
-    address = (settings.dicom.host, settings.dicom.port)
-    server = ae.make_server(
-        address,
-        evt_handlers=handlers.bindings(),  # type: ignore[arg-type]
-        server_class=SharedSocketServer,
-        request_handler=FastRequestHandler if settings.dicom.fast_path else None,
-    )
-    ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
+    access = AccessControl(services.nodes, accept_unknown_aes=settings.dicom.accept_unknown_aes)
+    request_handler = _request_handler(settings.dicom.fast_path, access)
+    listeners: list[tuple[type[SharedSocketServer], int, ssl.SSLContext | None]] = [
+        (SharedSocketServer, settings.dicom.port, None)
+    ]
+    if tls_listening is not None:
+        _inherited["tls"] = tls_listening
+        listeners.append(
+            (TlsSharedSocketServer, settings.dicom.tls_port, tls.server_context(settings.dicom))
+        )
+    servers = []
+    for server_class, port, context in listeners:
+        address = (settings.dicom.host, port)
+        server = ae.make_server(
+            address,
+            evt_handlers=handlers.bindings(),  # type: ignore[arg-type]
+            server_class=server_class,
+            ssl_context=context,
+            request_handler=request_handler,
+        )
+        ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
+        servers.append(server)
+        name = "dimse-tls-acceptor" if context else "dimse-acceptor"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        LOG.debug("worker %d listening on %s%s", index, address, " (TLS)" if context else "")
     stop = stop_on_sigterm()
-    thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
-    thread.start()
-    LOG.debug("worker %d listening on %s", index, address)
     if ready is not None:
         ready.set()
     stop.wait()
-    server.shutdown()
+    for server in servers:
+        server.shutdown()
     services.close()
+
+
+class _DimsePool(WorkerPool):
+    """Receiving processes get the TLS listening socket too, when there is one."""
+
+    def __init__(self, *args: Any, tls_socket: socket.socket | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls_socket = tls_socket
+
+    def _spawn(self, index: int, ready: MpEvent | None) -> Any:
+        proc = self._ctx.Process(
+            target=self.target,
+            args=(self.settings_data, index, ready, self.socket, self.tls_socket),
+            name=f"hilum-{self.name}-{index}",
+        )
+        proc.start()
+        return proc
+
+    def stop(self, timeout: float = 15) -> None:
+        super().stop(timeout)
+        if self.tls_socket is not None:
+            self.tls_socket.close()
+            self.tls_socket = None
 
 
 class DimseServer:
@@ -209,9 +290,20 @@ class DimseServer:
         # page faults (measured +20-40% throughput without). Read at process start.
         for name, value in _MALLOC_ENV.items():
             os.environ.setdefault(name, value)
-        sock = listen(self.settings.dicom.host, self.settings.dicom.port, "DICOM")
-        self._pool = WorkerPool(
-            "dimse", run_worker, self.settings.dicom_workers(), self.settings.model_dump(mode="json"), sock
+        dicom = self.settings.dicom
+        tls_sock = None
+        if dicom.tls_port:
+            tls.server_context(dicom)  # unusable certificate or key: fail here, not in each worker
+            tls_sock = listen(dicom.host, dicom.tls_port, "DICOM TLS")
+        try:
+            sock = listen(dicom.host, dicom.port, "DICOM")
+        except BaseException:
+            if tls_sock is not None:
+                tls_sock.close()
+            raise
+        self._pool = _DimsePool(
+            "dimse", run_worker, self.settings.dicom_workers(), self.settings.model_dump(mode="json"),
+            sock, tls_socket=tls_sock,
         )
         self._pool.start(timeout)
 

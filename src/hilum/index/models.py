@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -167,6 +168,11 @@ class RemoteNode(Base):
     host: Mapped[str] = mapped_column(Text)
     port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(Text, default="")
+    # Comma-separated services the node may use on Hilum: store, find, move, get.
+    permissions: Mapped[str] = mapped_column(
+        Text, default="store,find,move,get", server_default="store,find,move,get"
+    )
+    tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, delete, select
 
-from hilum.config import RemoteAE
+from hilum.config import ALL_PERMISSIONS, Permission, RemoteAE
 from hilum.domain.errors import HilumError, NotFound
 from hilum.index.models import remote_aes_t
 
@@ -20,6 +20,8 @@ class RemoteNodes:
             RemoteAE(
                 name=r.name, ae_title=r.ae_title, host=r.host, port=r.port,
                 description=r.description,
+                permissions=_permissions(r.permissions),
+                tls=bool(r.tls),
             )
             for r in rows
         ]
@@ -57,6 +59,8 @@ class RemoteNodes:
                 table.insert().values(
                     name=node.name, ae_title=node.ae_title, host=node.host, port=node.port,
                     description=node.description or ("from config" if from_config else ""),
+                    permissions=",".join(node.permissions),
+                    tls=node.tls,
                 )
             )
 
@@ -65,3 +69,9 @@ class RemoteNodes:
         with self.engine.begin() as conn:
             if conn.execute(delete(table).where(table.c.name == name)).rowcount == 0:
                 raise NotFound(f"no remote AE named {name!r}")
+
+
+def _permissions(stored: str) -> list[Permission]:
+    """The comma-separated column as a list (a word that is not a permission is dropped)."""
+    words = {word.strip() for word in stored.split(",")}
+    return [p for p in ALL_PERMISSIONS if p in words]

@@ -17,6 +17,7 @@ import uvicorn
 
 from hilum.app import build_services
 from hilum.config import Settings
+from hilum.dimse.tls import uvicorn_ssl_options
 from hilum.domain.errors import HilumError
 from hilum.processes import WorkerPool, listen, stop_on_sigterm
 from hilum.web.app import create_app
@@ -45,6 +46,7 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None,
         access_log=False,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=10,
+        **uvicorn_ssl_options(settings.http),  # HTTPS when http.tls_certificate is set
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
