@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--gb", type=float, default=1.25)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hilum-mem-"))
-    env = dict(os.environ, TCP_NODELAY="1", HILUM_HTTP__WORKERS="1")
+    env = dict(os.environ, TCP_NODELAY="1", HILUM_HTTP__WORKERS="1", HILUM_AUTH__ENABLED="false")
     port, http_port = free_port(), free_port()
     server = None
     try:

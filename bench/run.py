@@ -59,7 +59,8 @@ HILUM_CMD = os.environ.get(
     "{bin} serve --data-dir {workdir}/data --ae-title {aet} --host 127.0.0.1"
     " --dicom-port {dicom_port} --http-port {http_port}",
 )
-SERVER_ENV = {"TCP_NODELAY": "1"}
+# Orthanc runs with its authentication disabled in these benchmarks: Hilum too.
+SERVER_ENV = {"TCP_NODELAY": "1", "HILUM_AUTH__ENABLED": "false"}
 ALL_SERVERS = ("hilum", "orthanc", "storescp")
 PARAMS = ("studies", "slices", "small", "queries", "parallel", "repeat", "seed")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -9,6 +9,7 @@ PYTHON=${PYTHON:-python3}
 need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # test certificates (TLS tests)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -71,6 +71,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 2},
         http={"port": free_port()},
+        # The archive's tests run without logging in (tests/test_auth.py turns it on).
+        auth={"enabled": False},
     )
 
 
@@ -110,6 +112,11 @@ class RunningServer:
 def hilum_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["TCP_NODELAY"] = "1"
+    # Tests of the archive talk to it without logging in; the security tests turn
+    # authentication back on (env={"HILUM_AUTH__ENABLED": "true"}).
+    env.setdefault("HILUM_AUTH__ENABLED", "false")
+    # One HTTP process per test server: starting servers is most of the suite's time.
+    env.setdefault("HILUM_HTTP__WORKERS", "1")
     if settings.database_url:
         env["HILUM_DATABASE_URL"] = settings.database_url
     return env

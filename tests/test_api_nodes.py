@@ -166,6 +166,7 @@ def test_config_nodes_are_flagged_and_cannot_be_deleted(tmp_path: Path, database
         data_dir=tmp_path / "data",
         database_url=database_url,
         http={"port": free_port()},
+        auth={"enabled": False},
         remote_aes=[{"name": "configured", "ae_title": "CONF", "host": "10.0.0.1", "port": 104}],
     )
     # prepare() is what `hilum serve` does at start: config nodes are upserted

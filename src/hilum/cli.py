@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ae_rm)
     ae_rm.add_argument("name")
 
+    from hilum.auth import cli as auth_cli
+
+    auth_cli.add_parser(sub, _common)
+
     from hilum.audit import cli as audit_cli
 
     audit_cli.add_parser(sub, _common)
@@ -153,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if command == "ae":
         return _ae(args)
+    if command == "user":
+        from hilum.auth import cli as auth_cli
+
+        return auth_cli.run(args, _settings(args), console)
     if command == "audit":
         from hilum.audit import cli as audit_cli
 
@@ -181,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     tls.check(settings)  # unreadable certificates or keys: stop before anything starts
     lock = DataDirLock(settings.data_dir)
     prepare(settings, recover=True)
+    _initial_admin(settings)
     http = HttpServer(settings)
     http.start(wait=False)  # both kinds of workers start at the same time
     dimse = DimseServer(settings)
@@ -208,6 +217,28 @@ def _serve(args: argparse.Namespace) -> int:
         http.stop()
         lock.release()
     return 0
+
+
+def _initial_admin(settings: Settings) -> None:
+    """First start with authentication on: an administrator with a random password."""
+    if not settings.auth.enabled:
+        console.print("WARNING: authentication is switched off (auth.enabled = false): "
+                      "anyone who reaches the HTTP port can read and delete everything")
+        return
+    from hilum.auth.service import INITIAL_PASSWORD_FILE, AuthService
+    from hilum.index.database import make_engine
+
+    engine = make_engine(settings.index_url, pool_size=1)
+    try:
+        password = AuthService(engine, settings.auth).ensure_initial_admin(settings.data_dir)
+    finally:
+        engine.dispose()
+    if password:
+        console.print(
+            f"Created the administrator 'admin' with password: {password}\n"
+            f"(shown once; also in {settings.data_dir.resolve() / INITIAL_PASSWORD_FILE}, readable "
+            "only by you: delete it after you have changed the password with 'hilum user passwd admin')"
+        )
 
 
 def _ae(args: argparse.Namespace) -> int:

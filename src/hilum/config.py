@@ -159,6 +159,24 @@ class HttpSettings(BaseModel):
         return self
 
 
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Every HTTP surface needs a login, token or API key. Turning this off opens the whole
+    # archive to anyone who reaches the port: only for isolated test set-ups.
+    enabled: bool = True
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    token_hours: float = Field(default=12.0, gt=0, le=24 * 365)
+    # Failed logins in a row before an account is locked, and for how long.
+    lockout_attempts: int = Field(default=5, ge=1, le=100)
+    lockout_minutes: float = Field(default=15.0, gt=0)
+    # Failed logins from one address (any accounts) within 10 minutes before it gets 429.
+    max_failures_per_address: int = Field(default=30, ge=1)
+    # HTTP Basic authentication (user + password on every request) for legacy DICOMweb clients.
+    allow_basic: bool = False
+    # Session cookies carry the Secure flag: "auto" = when the request came over HTTPS.
+    cookie_secure: str = Field(default="auto", pattern="^(auto|always|never)$")
+
+
 class Settings(BaseSettings):
     """All of Hilum's settings. Keys are documented in ``docs/configuration.md``."""
 
@@ -176,6 +194,7 @@ class Settings(BaseSettings):
     remote_aes: list[RemoteAE] = Field(default_factory=list)
     jobs: JobSettings = Field(default_factory=JobSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     # Set by load_settings() from --config; not a key of its own.

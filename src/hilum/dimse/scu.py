@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -82,7 +82,7 @@ class Scu:
         self._tls = tls_context or default_client_context
 
     @classmethod
-    def from_settings(cls, dicom: DicomSettings, *, timeout: float = 30) -> Scu:
+    def from_settings(cls, dicom: DicomSettings, *, timeout: float = 30) -> Self:
         """An SCU with Hilum's AE title and TLS client settings (certificate, CAs).
 
         The certificate files are read when a TLS remote is first contacted.

@@ -51,6 +51,9 @@ class Query:
     fuzzy_person_names: bool = False
     # PATIENT root has no studies without a patient; STUDY root returns patient keys.
     root: str = "STUDY"
+    # Which studies the caller may see: an index-level condition on studies (set by the
+    # web layer from the caller's rights; None = all). Opaque to the domain.
+    restrict: object | None = None
 
     def constrained(self) -> list[Constraint]:
         return [c for c in self.constraints if c.kind is not MatchKind.UNIVERSAL]

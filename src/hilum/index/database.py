@@ -76,5 +76,5 @@ def upgrade(engine: Engine) -> None:
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")  # every branch (parallel work may add one)
     LOG.debug("index schema at head: %s", inspect(engine).get_table_names())

@@ -248,3 +248,6 @@ class Job(Base):
 
 
 jobs_t = table_of(Job)
+
+# Registers the auth tables in Base.metadata (migrations compare against it).
+from hilum.auth import models as _auth_models  # noqa: E402, F401

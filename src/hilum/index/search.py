@@ -68,6 +68,8 @@ def build_select(query: Query) -> Select[Any]:
             columns.append(_column(attr).label(attr.keyword))
     stmt = select(*columns).select_from(joined)
     conditions = [_condition(c, level, fuzzy=query.fuzzy_person_names) for c in query.constrained()]
+    if query.restrict is not None:
+        conditions.append(_restriction(query.restrict, level))
     if conditions:
         stmt = stmt.where(and_(*conditions))
     stmt = stmt.order_by(base.c.id)
@@ -76,6 +78,13 @@ def build_select(query: Query) -> Select[Any]:
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
     return stmt
+
+
+def _restriction(condition: Any, level: Level) -> ColumnElement[bool]:
+    """The caller's study access (a condition on studies) at any query level."""
+    if level is Level.PATIENT:
+        return exists(select(1).select_from(S).where(S.c.patient_pk == P.c.id, condition))
+    return condition
 
 
 def _condition(constraint: Constraint, level: Level, *, fuzzy: bool = False) -> ColumnElement[bool]:
@@ -213,6 +222,7 @@ def matching_instances(conn: Connection, query: Query) -> list[StoredInstance]:
         .select_from(I.join(SE, I.c.series_pk == SE.c.id).join(S, SE.c.study_pk == S.c.id).join(
             P, S.c.patient_pk == P.c.id))
         .where(and_(true(), *(_condition(c, Level.IMAGE) for c in constraints)))
+        .where(true() if query.restrict is None else _restriction(query.restrict, Level.IMAGE))
         .order_by(S.c.id, SE.c.series_number, SE.c.id, I.c.instance_number, I.c.id)
     )
     return [StoredInstance(*row) for row in conn.execute(stmt)]

@@ -94,7 +94,7 @@ def run_move(ctx: JobContext, services: Services, config: JobSettings) -> None:
         source = services.nodes.get(job.source or "")
     except NotFound as exc:
         raise JobFailed(str(exc), permanent=True) from None
-    scu = _MovingScu(services.settings.dicom.ae_title, timeout=config.timeout)
+    scu = _MovingScu.from_settings(services.settings.dicom, timeout=config.timeout)
     finished: list[str] = list(ctx.state.get("finished", []))
     counts: dict[str, list[int]] = {k: list(v) for k, v in ctx.state.get("counts", {}).items()}
 

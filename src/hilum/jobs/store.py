@@ -114,7 +114,7 @@ class _Sender:
         self.ctx = ctx
         self.services = services
         self.remote = remote
-        self.scu = Scu(services.settings.dicom.ae_title, timeout=config.timeout)
+        self.scu = Scu.from_settings(services.settings.dicom, timeout=config.timeout)
         self.cursor = int(ctx.state.get("cursor", 0))
         self.retry: set[int] = {int(i) for i in ctx.state.get("retry", [])}
         self.errors: dict[int, str] = {}

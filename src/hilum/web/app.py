@@ -6,18 +6,20 @@ Routes are thin: they translate HTTP into calls on the services built by
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from hilum import __version__
 from hilum.app import Services
 from hilum.audit.http import AuditMiddleware
 from hilum.web import problems
-from hilum.web.api import changes, jobs, nodes, resources, system
+from hilum.web.api import auth, changes, jobs, nodes, resources, system, users
 from hilum.web.api.audit import router as audit_router
 from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
+from hilum.web.security import guard
 
 DICOMWEB_PREFIX = "/dicomweb"
+API_PREFIX = "/api/v1"
 
 
 def create_app(services: Services) -> FastAPI:
@@ -42,12 +44,17 @@ def create_app(services: Services) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning"],
             max_age=600,
         )
+    # Every router goes through the one authorization dependency (web/security.py).
+    dicomweb = [Depends(guard(DICOMWEB_PREFIX))]
+    api = [Depends(guard(API_PREFIX))]
     for module in (qido, wado, rendered, stow, wado_uri):
-        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
-    app.include_router(system.router, prefix="/api/v1", tags=["system"])
-    app.include_router(resources.router, prefix="/api/v1", tags=["resources"])
-    app.include_router(nodes.router, prefix="/api/v1", tags=["remote AEs"])
-    app.include_router(jobs.router, prefix="/api/v1", tags=["jobs"])
-    app.include_router(changes.router, prefix="/api/v1", tags=["changes"])
-    app.include_router(audit_router, prefix="/api/v1", tags=["audit"])
+        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"], dependencies=dicomweb)
+    app.include_router(system.router, prefix=API_PREFIX, tags=["system"], dependencies=api)
+    app.include_router(auth.router, prefix=API_PREFIX, tags=["authentication"], dependencies=api)
+    app.include_router(users.router, prefix=API_PREFIX, tags=["users"], dependencies=api)
+    app.include_router(resources.router, prefix=API_PREFIX, tags=["resources"], dependencies=api)
+    app.include_router(nodes.router, prefix=API_PREFIX, tags=["remote AEs"], dependencies=api)
+    app.include_router(jobs.router, prefix=API_PREFIX, tags=["jobs"], dependencies=api)
+    app.include_router(changes.router, prefix=API_PREFIX, tags=["changes"], dependencies=api)
+    app.include_router(audit_router, prefix=API_PREFIX, tags=["audit"], dependencies=api)
     return app

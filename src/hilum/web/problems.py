@@ -17,11 +17,15 @@ PROBLEM = "application/problem+json"
 class Problem(HilumError):
     """Raise from a route to answer with a problem body."""
 
-    def __init__(self, status: int, detail: str, title: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, title: str | None = None, *,
+        headers: dict[str, str] | None = None, **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.title = title
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -41,7 +45,9 @@ def problem_response(status: int, detail: str, title: str | None = None, **extra
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.title, **exc.extra)
+        response = problem_response(exc.status, exc.detail, exc.title, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

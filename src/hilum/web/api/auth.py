@@ -75,11 +75,15 @@ def _login(request: Request, body: Credentials) -> Principal:
     limiter = throttle(request)
     if limiter.blocked(address):
         raise Problem(429, "too many failed logins from this address; try again later")
+    services: Services = request.app.state.services
     try:
-        return auth_service(request).check_password(body.username, body.password)
+        principal = auth_service(request).check_password(body.username, body.password)
     except AuthError as exc:
         limiter.failed(address)
+        services.audit.user_authentication(body.username, address, False, str(exc))
         raise Problem(401, str(exc)) from None
+    services.audit.user_authentication(principal.username, address, True)
+    return principal
 
 
 def _secure(request: Request, services: Services) -> bool:
@@ -133,6 +137,8 @@ def logout(request: Request, response: Response) -> Response:
     principal = _caller(request)
     if principal.credential_id is not None and principal.via in ("session", "token"):
         auth_service(request).revoke(principal.credential_id, principal.user_id)
+    services: Services = request.app.state.services
+    services.audit.user_authentication(principal.username, client_address(request), True, logout=True)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -27,6 +27,10 @@ class RemoteAEOut(BaseModel):
     host: str
     port: int
     description: str
+    # Services it may use on Hilum besides C-ECHO (store, find, move, get).
+    permissions: list[str] = []
+    # Hilum's associations to it use DICOM TLS.
+    tls: bool = False
     # Defined in the configuration file: written again at every start, so it cannot
     # be deleted here.
     from_config: bool
@@ -86,7 +90,7 @@ def delete_remote_ae(name: str, services: ServicesDep) -> Response:
 def echo_remote_ae(name: str, services: ServicesDep) -> EchoResult:
     """C-ECHO (PS3.4 A) the remote AE, from Hilum's AE title; answers 200 either way."""
     node = services.nodes.get(name)
-    scu = Scu(services.settings.dicom.ae_title, timeout=ECHO_TIMEOUT)
+    scu = Scu.from_settings(services.settings.dicom, timeout=ECHO_TIMEOUT)
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None

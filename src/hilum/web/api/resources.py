@@ -32,6 +32,7 @@ from hilum.index import deletion
 from hilum.index.search import TABLE, build_select, matching_instances
 from hilum.web.deps import EngineDep, ServicesDep
 from hilum.web.problems import Problem
+from hilum.web.security import visible_studies
 
 router = APIRouter()
 
@@ -235,9 +236,12 @@ def _fetch(
     sort: str | None = None,
     limit: int | None = None,
     offset: int = 0,
+    restrict: object | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Matching rows of ``level`` as answer dicts, and the total when paged."""
-    matched = build_select(MatchQuery(level=level, constraints=constraints))
+    """Matching rows of ``level`` as answer dicts, and the total when paged.
+
+    ``restrict``: the caller's study access (web.security.visible_studies)."""
+    matched = build_select(MatchQuery(level=level, constraints=constraints, restrict=restrict))
     if where is not None:
         matched = matched.where(where)
     total = None
@@ -268,7 +272,9 @@ def _page(
 ) -> dict[str, Any]:
     constraints = _constraints(request, level)
     with engine.connect() as conn:
-        items, total = _fetch(conn, level, constraints, sort=sort, limit=limit, offset=offset)
+        items, total = _fetch(
+            conn, level, constraints, sort=sort, limit=limit, offset=offset, restrict=visible_studies(request)
+        )
     assert total is not None
     return {
         "items": items,

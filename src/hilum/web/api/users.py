@@ -77,10 +77,20 @@ def change_user(request: Request, username: str, body: UserChange) -> dict[str, 
         _account(lambda: service.set_password(username, body.password or ""))
     if body.disabled is not None:
         _account(lambda: service.set_disabled(username, bool(body.disabled)))
+    _audit_user(request, username, "password changed" if body.password else f"disabled={body.disabled}")
     return {
         "username": username,
         "changed": [k for k in ("password", "disabled") if getattr(body, k) is not None],
     }
+
+
+def _audit_user(request: Request, user: str, detail: str, roles: bool = False) -> None:
+    services: Services = request.app.state.services
+    caller = principal_of(request)
+    ip = request.client.host if request.client else ""
+    services.audit.user_changed(
+        by=caller.username if caller else "", ip=ip, user=user, detail=detail, roles=roles
+    )
 
 
 def _study_uid(uid: str) -> str:

@@ -1,0 +1,371 @@
+"""Authentication on by default, roles, per-study access: the authorization matrix.
+
+A real `hilum serve` with authentication on (as a new install has it). Every
+endpoint of the served OpenAPI schema is called by every role, on a study the
+caller may see and on one it may not, and the answer must be allowed or denied
+exactly as the policy says.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import dcmwrite
+from pydicom.filebase import DicomBytesIO
+
+from conftest import RunningServer, hilum_env, start_server, stop_server
+from factory import StudySpec, make_study
+from hilum.auth.policy import ROLE_PERMISSIONS, Perm, Role, required_permission
+from hilum.config import Settings
+
+ON = {"HILUM_AUTH__ENABLED": "true"}
+PASSWORD = "correct horse battery"
+REFERRING_NAME = "HOUSE^GREGORY"
+
+
+def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> str:
+    env = {**hilum_env(settings), **ON}
+    result = subprocess.run(
+        [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _stow(base: str, token: str, spec: StudySpec) -> list[Any]:
+    datasets = make_study(spec)
+    parts = []
+    for ds in datasets:
+        buffer = DicomBytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+        parts.append(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n")
+    reply = httpx.post(
+        f"{base}/dicomweb/studies",
+        content=b"".join(parts) + b"--B--\r\n",
+        headers={
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary=B',
+            "Authorization": f"Bearer {token}",
+        },
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    return datasets
+
+
+def _token(base: str, username: str, password: str = PASSWORD) -> str:
+    reply = httpx.post(f"{base}/api/v1/auth/token", json={"username": username, "password": password})
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["access_token"])
+
+
+class Site:
+    def __init__(self, server: RunningServer, admin_password: str) -> None:
+        self.server = server
+        self.base = f"http://127.0.0.1:{server.settings.http.port}"
+        self.tokens: dict[str, str] = {"administrator": _token(self.base, "admin", admin_password)}
+        self.own: list[Any] = []
+        self.other: list[Any] = []
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    from conftest import free_port
+    from hilum.config import load_settings
+
+    tmp = tmp_path_factory.mktemp("auth")
+    settings = load_settings(
+        None,
+        data_dir=tmp / "data",
+        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
+        http={"port": free_port(), "workers": 1},
+    )
+    server = start_server(settings, tmp, env=ON)
+    try:
+        log = server.log.read_text()
+        found = re.search(r"password: (\S+)", log)
+        assert found, log
+        password_file = settings.data_dir / "initial-admin-password.txt"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        assert found.group(1) in password_file.read_text()
+        site = Site(server, found.group(1))
+        for role in ("radiologist", "technologist", "auditor"):
+            _hilum(settings, "user", "add", role, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+        _hilum(
+            settings,
+            "user",
+            "add",
+            "referring",
+            "--role",
+            "referring",
+            "--person-name",
+            REFERRING_NAME,
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )
+        for role in ("radiologist", "technologist", "auditor", "referring"):
+            site.tokens[role] = _token(site.base, role)
+        admin = site.tokens["administrator"]
+        site.own = _stow(site.base, admin, StudySpec(patient_id="OWN", referring=REFERRING_NAME, slices=2))
+        site.other = _stow(
+            site.base, admin, StudySpec(patient_id="OTHER", referring="WILSON^JAMES", slices=2)
+        )
+        yield site
+    finally:
+        stop_server(server)
+
+
+def test_nothing_is_reachable_without_credentials(site: Site) -> None:
+    with httpx.Client(base_url=site.base) as client:
+        assert client.get("/api/v1/health").status_code == 200  # monitoring stays open
+        for path in (
+            "/dicomweb/studies",
+            "/api/v1/studies",
+            "/api/v1/statistics",
+            "/api/v1/remote-aes",
+            f"/dicomweb/studies/{site.own[0].StudyInstanceUID}/metadata",
+            "/api/v1/changes",
+        ):
+            reply = client.get(path)
+            assert reply.status_code == 401, path
+            assert reply.headers["content-type"].startswith("application/problem+json")
+            assert "Bearer" in reply.headers["www-authenticate"]
+
+
+def test_forged_expired_and_revoked_tokens_are_refused(site: Site) -> None:
+    url = f"{site.base}/dicomweb/studies"
+    assert httpx.get(url, headers={"Authorization": "Bearer hlt_forged"}).status_code == 401
+    token = _token(site.base, "radiologist")
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    logout = httpx.post(f"{site.base}/api/v1/auth/logout", headers={"Authorization": f"Bearer {token}"})
+    assert logout.status_code == 204
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    basic = httpx.get(url, auth=("radiologist", PASSWORD))  # HTTP Basic is off by default
+    assert basic.status_code == 401
+
+
+def test_api_keys_work_and_can_be_revoked(site: Site) -> None:
+    headers = {"Authorization": f"Bearer {site.tokens['technologist']}"}
+    created = httpx.post(
+        f"{site.base}/api/v1/auth/api-keys", json={"name": "modality bridge"}, headers=headers
+    )
+    assert created.status_code == 201
+    key = created.json()["key"]
+    as_key = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{site.base}/api/v1/auth/me", headers=as_key).json()["via"] == "apikey"
+    listed = httpx.get(f"{site.base}/api/v1/auth/api-keys", headers=headers).json()
+    assert [k["name"] for k in listed] == ["modality bridge"] and all(k["key"] is None for k in listed)
+    revoked = httpx.delete(f"{site.base}/api/v1/auth/api-keys/{created.json()['id']}", headers=headers)
+    assert revoked.status_code == 204
+    assert httpx.get(f"{site.base}/api/v1/auth/me", headers=as_key).status_code == 401
+
+
+def test_session_cookie_needs_the_csrf_token_for_changes(site: Site) -> None:
+    with httpx.Client(base_url=site.base) as client:
+        login = client.post("/api/v1/auth/login", json={"username": "radiologist", "password": PASSWORD})
+        assert login.status_code == 200
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        csrf = login.json()["csrf_token"]
+        assert client.get("/dicomweb/studies").status_code == 200  # reads need no CSRF token
+        body = {"name": "from the browser"}
+        assert client.post("/api/v1/auth/api-keys", json=body).status_code == 403
+        wrong = client.post("/api/v1/auth/api-keys", json=body, headers={"X-CSRF-Token": "guess"})
+        assert wrong.status_code == 403
+        right = client.post("/api/v1/auth/api-keys", json=body, headers={"X-CSRF-Token": csrf})
+        assert right.status_code == 201
+        assert client.post("/api/v1/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+        assert client.get("/dicomweb/studies").status_code == 401
+
+
+def test_lockout_after_repeated_failures(site: Site) -> None:
+    _hilum(
+        site.server.settings,
+        "user",
+        "add",
+        "clumsy",
+        "--role",
+        "radiologist",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    url = f"{site.base}/api/v1/auth/token"
+    for _ in range(5):
+        assert httpx.post(url, json={"username": "clumsy", "password": "wrong"}).status_code == 401
+    locked = httpx.post(url, json={"username": "clumsy", "password": PASSWORD})
+    assert locked.status_code == 401 and "locked" in locked.json()["detail"]
+    # Every failed login is in the audit trail (DICOM User Authentication, outcome 4).
+    admin = {"Authorization": f"Bearer {site.tokens['administrator']}"}
+    deadline = time.monotonic() + 20
+    while True:
+        records = httpx.get(f"{site.base}/api/v1/audit", params={"user": "clumsy"}, headers=admin).json()
+        items = records["records"]
+        if len(items) >= 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(items) >= 6 and all(r["outcome"] != 0 for r in items)
+
+
+def _concrete(path: str, site: Site, own: bool) -> str:
+    study = site.own[0] if own else site.other[0]
+    values = {
+        "study_uid": study.StudyInstanceUID,
+        "study_instance_uid": study.StudyInstanceUID,
+        "series_uid": study.SeriesInstanceUID,
+        "series_instance_uid": study.SeriesInstanceUID,
+        "sop_uid": study.SOPInstanceUID,
+        "sop_instance_uid": study.SOPInstanceUID,
+        "frame_list": "1",
+        "frame": "1",
+        "tag": "7FE00010",
+        "patient": str(study.PatientID),
+        "name": "nobody",
+        "job_id": "999999",
+        "key_id": "999999",
+        "username": "nobody",
+        "principal_kind": "user",
+        "principal": "nobody",
+    }
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
+
+# Calls that change or destroy things are made with arguments that cannot succeed (unknown
+# names, empty bodies), so the matrix only decides allowed (not 401/403) vs denied (403).
+_SKIP = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/auth/login"), ("POST", "/api/v1/auth/token")}
+
+
+def _matrix_calls(site: Site) -> list[tuple[str, str]]:
+    schema = httpx.get(f"{site.base}/api/v1/openapi.json").json()
+    calls = []
+    for path, operations in schema["paths"].items():
+        for method in operations:
+            if method.upper() in ("GET", "POST", "PUT", "DELETE") and (method.upper(), path) not in _SKIP:
+                calls.append((method.upper(), path))
+    return calls
+
+
+@pytest.mark.parametrize("role", [r.value for r in Role])
+def test_authorization_matrix(site: Site, role: str) -> None:
+    headers = {"Authorization": f"Bearer {site.tokens[role]}"}
+    permissions = ROLE_PERMISSIONS[Role(role)]
+    sees_all = role in ("administrator", "radiologist", "technologist")
+    checked = 0
+    with httpx.Client(base_url=site.base, headers=headers, timeout=60) as client:
+        for method, path in _matrix_calls(site):
+            needed = required_permission(method, path)
+            for own in (True, False):
+                if method == "DELETE" and role == "administrator" and "{" in path:
+                    continue  # the administrator would really delete the test data
+                url = _concrete(path, site, own)
+                body: Any = {} if method in ("POST", "PUT") else None
+                reply = (
+                    client.request(method, url, json=body)
+                    if body is not None
+                    else client.request(method, url)
+                )
+                names_study = any(
+                    f"{{{p}}}" in path
+                    for p in (
+                        "study_uid",
+                        "study_instance_uid",
+                        "series_uid",
+                        "series_instance_uid",
+                        "sop_uid",
+                        "sop_instance_uid",
+                        "patient",
+                    )
+                )
+                allowed = needed in permissions and (sees_all or own or not names_study)
+                if "{patient}" in path and not sees_all:
+                    allowed = False
+                if needed is Perm.PUBLIC:
+                    allowed = True
+                what = f"{role} {method} {url} ({needed.value}, {'own' if own else 'other'} study)"
+                if allowed:
+                    assert reply.status_code not in (401, 403), (
+                        f"{what}: {reply.status_code} {reply.text[:200]}"
+                    )
+                else:
+                    assert reply.status_code == 403, f"{what}: {reply.status_code} {reply.text[:200]}"
+                checked += 1
+    assert checked > 60
+
+
+def test_referring_physician_searches_see_only_their_studies(site: Site) -> None:
+    headers = {"Authorization": f"Bearer {site.tokens['referring']}"}
+    own, other = site.own[0].StudyInstanceUID, site.other[0].StudyInstanceUID
+    found = httpx.get(f"{site.base}/dicomweb/studies", headers=headers).json()
+    assert [s["0020000D"]["Value"][0] for s in found] == [own]
+    listed = httpx.get(f"{site.base}/api/v1/studies", headers=headers).json()
+    assert [s["StudyInstanceUID"] for s in listed["items"]] == [own]
+    instances = httpx.get(f"{site.base}/dicomweb/instances", headers=headers).json()
+    assert {i["0020000D"]["Value"][0] for i in instances} == {own}
+    denied = httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers)
+    assert denied.status_code == 403 and "not allowed" in denied.json()["detail"]
+    # An explicit grant opens the other study to them.
+    admin = {"Authorization": f"Bearer {site.tokens['administrator']}"}
+    grant = httpx.post(
+        f"{site.base}/api/v1/studies/{other}/grants",
+        headers=admin,
+        json={"principal_kind": "user", "principal": "referring"},
+    )
+    assert grant.status_code == 201
+    assert httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers).status_code == 200
+    closed = httpx.delete(f"{site.base}/api/v1/studies/{other}/grants/user/referring", headers=admin)
+    assert closed.status_code == 204
+    assert httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers).status_code == 403
+
+
+def test_every_route_is_listed_in_the_policy(site: Site) -> None:
+    """A route missing from the policy falls to administrators only: list them all on purpose."""
+    unlisted = [
+        (m, p)
+        for m, p in _matrix_calls(site)
+        if required_permission(m, p) is Perm.USERS_ADMIN and not p.startswith("/api/v1/users")
+    ]
+    assert unlisted == []
+
+
+def test_user_cli(site: Site, tmp_path: Path) -> None:
+    settings = site.server.settings
+    out = _hilum(settings, "user", "add", "tech2", "--role", "technologist")
+    password = re.search(r"password: (\S+)", out)
+    assert password
+    assert _token(site.base, "tech2", password.group(1))
+    _hilum(settings, "user", "disable", "tech2")
+    refused = httpx.post(
+        f"{site.base}/api/v1/auth/token", json={"username": "tech2", "password": password.group(1)}
+    )
+    assert refused.status_code == 401 and "disabled" in refused.json()["detail"]
+    assert "tech2" in _hilum(settings, "user", "list")
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hilum.cli",
+            "user",
+            "add",
+            "x y",
+            "--role",
+            "radiologist",
+            "--data-dir",
+            str(settings.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env={**hilum_env(settings), **ON},
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "user name" in bad.stderr + bad.stdout
