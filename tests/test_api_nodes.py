@@ -69,6 +69,7 @@ def test_create_list_read_and_delete_a_remote_ae(client: httpx.Client) -> None:
     expected = {
         "name": "ct-archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": 104,
         "description": "old PACS", "from_config": False,
+        "permissions": ["store", "find", "move", "get"], "tls": False,
     }
     assert created.json() == expected
     assert client.post(API, json=_node("b-node", port=11112)).status_code == 201

@@ -65,14 +65,20 @@ def post_job(client: httpx.Client, **body: Any) -> dict[str, Any]:
 def wait_job(
     client: httpx.Client, job_id: int, *states: str, timeout: float = 60, **where: Any
 ) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+
     def _job() -> dict[str, Any] | None:
         job: dict[str, Any] = client.get(f"{JOBS}/{job_id}").json()
+        last.update(job)
         matches = job["state"] in states and all(
             predicate(job) for predicate in where.values()
         )
         return job if matches else None
 
-    job: dict[str, Any] = wait_for(_job, timeout, f"job {job_id} to be {'/'.join(states)}")
+    try:
+        job: dict[str, Any] = wait_for(_job, timeout, f"job {job_id} to be {'/'.join(states)}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {last}") from None
     return job
 
 
