@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need (Python test extras; DCMTK and dicom3tools from
 # Debian when running as root) and run the whole test suite, on SQLite and on
-# the PostgreSQL server at 127.0.0.1:5432. Extra arguments go to pytest.
+# the PostgreSQL server at 127.0.0.1:5432. Extra arguments go to pytest
+# (HILUM_TEST_JOBS=1 runs the test files one after another).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -32,4 +33,6 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Three test files at a time: most of the suite's time is real servers starting and
+# waiting on the network, not CPU (one file's tests stay together: they share servers).
+exec .venv/bin/python -m pytest -n "${HILUM_TEST_JOBS:-3}" --dist loadfile "$@"
