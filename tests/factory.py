@@ -88,3 +88,24 @@ def write_study(spec: StudySpec, folder: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def stow_study(base: str, spec: StudySpec, token: str | None = None) -> list[Dataset]:
+    """Make a study and store it in a running server with STOW-RS; its data sets."""
+    import httpx
+    from pydicom import dcmwrite
+    from pydicom.filebase import DicomBytesIO
+
+    datasets = make_study(spec)
+    parts = []
+    for ds in datasets:
+        buffer = DicomBytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+        parts.append(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n")
+    headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    reply = httpx.post(f"{base}/dicomweb/studies", content=b"".join(parts) + b"--B--\r\n", headers=headers,
+                       timeout=60)
+    assert reply.status_code == 200, reply.text
+    return datasets

@@ -18,11 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from pydicom import dcmwrite
-from pydicom.filebase import DicomBytesIO
 
 from conftest import RunningServer, hilum_env, start_server, stop_server
-from factory import StudySpec, make_study
+from factory import StudySpec, stow_study
 from hilum.auth.policy import ROLE_PERMISSIONS, Perm, Role, required_permission
 from hilum.config import Settings
 
@@ -43,26 +41,6 @@ def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-def _stow(base: str, token: str, spec: StudySpec) -> list[Any]:
-    datasets = make_study(spec)
-    parts = []
-    for ds in datasets:
-        buffer = DicomBytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        parts.append(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n")
-    reply = httpx.post(
-        f"{base}/dicomweb/studies",
-        content=b"".join(parts) + b"--B--\r\n",
-        headers={
-            "Content-Type": 'multipart/related; type="application/dicom"; boundary=B',
-            "Authorization": f"Bearer {token}",
-        },
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
-    return datasets
 
 
 def _token(base: str, username: str, password: str = PASSWORD) -> str:
@@ -118,9 +96,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for role in ("radiologist", "technologist", "auditor", "referring"):
             site.tokens[role] = _token(site.base, role)
         admin = site.tokens["administrator"]
-        site.own = _stow(site.base, admin, StudySpec(patient_id="OWN", referring=REFERRING_NAME, slices=2))
-        site.other = _stow(
-            site.base, admin, StudySpec(patient_id="OTHER", referring="WILSON^JAMES", slices=2)
+        site.own = stow_study(
+            site.base, StudySpec(patient_id="OWN", referring=REFERRING_NAME, slices=2), admin
+        )
+        site.other = stow_study(
+            site.base, StudySpec(patient_id="OTHER", referring="WILSON^JAMES", slices=2), admin
         )
         yield site
     finally:

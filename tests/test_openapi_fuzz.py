@@ -11,31 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-from pydicom import dcmwrite
-from pydicom.filebase import DicomBytesIO
 
 from conftest import start_server, stop_server
-from factory import StudySpec, make_study
+from factory import StudySpec, stow_study
 from hilum.config import Settings
-
-
-def _stow(base: str, spec: StudySpec) -> list:
-    datasets = make_study(spec)
-    parts = []
-    for ds in datasets:
-        buffer = DicomBytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        parts.append(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n")
-    reply = httpx.post(
-        f"{base}/dicomweb/studies",
-        content=b"".join(parts) + b"--B--\r\n",
-        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'},
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
-    return datasets
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -43,7 +23,7 @@ def test_no_server_errors_for_generated_requests(settings: Settings, tmp_path: P
     server = start_server(settings, tmp_path)
     try:
         base = f"http://127.0.0.1:{settings.http.port}"
-        datasets = _stow(base, StudySpec(slices=2))
+        datasets = stow_study(base, StudySpec(slices=2))
         first = datasets[0]
         config = tmp_path / "schemathesis.toml"
         config.write_text(
