@@ -348,10 +348,14 @@ def test_a_job_resumes_after_a_stop_and_a_crash_without_resending(
             )
         # A crash: the job is left "running"; the restart queues it again. The job runner
         # lives in an HTTP worker process: kill the whole process tree at once.
+        # The parent first: its supervisor would restart a killed worker.
         tree = psutil.Process(server.process.pid)
-        for proc in [*tree.children(recursive=True), tree]:
+        children = tree.children(recursive=True)
+        tree.kill()
+        for proc in children:
             proc.kill()
         server.process.wait(timeout=30)
+        psutil.wait_procs(children, timeout=30)
         time.sleep(1)  # the instance in flight is still logged by the SCP
         crashed = job_row(settings, job["id"])
         assert crashed.state == "running" and row.done + 4 <= crashed.done < total
