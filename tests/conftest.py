@@ -165,12 +165,26 @@ def start_server(
 
 
 def stop_server(server: RunningServer) -> None:
+    """Stop `hilum serve` and make sure none of its worker processes outlives it (a
+    straggler would keep the ports, and a restart on them would fail)."""
+    import psutil
+
+    try:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
     server.process.terminate()
     try:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=15)
 
 
 @pytest.fixture
