@@ -8,7 +8,9 @@ to run only one.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -32,10 +34,32 @@ BACKENDS = os.environ.get("HILUM_TEST_BACKENDS", "sqlite,postgresql").split(",")
 os.environ.setdefault("TCP_NODELAY", "1")
 
 
+def _port_band() -> range:
+    """Ports this test process hands out: below the kernel's ephemeral range (so no
+    outgoing connection can take one between free_port() and the server's bind), and a
+    band of its own per pytest-xdist worker (so parallel workers never pick the same)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = 20000 + (index % 4) * 3000
+    return range(start, start + 3000)
+
+
+_BAND = _port_band()
+_next_port = itertools.count(random.randrange(len(_BAND)))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, not handed out again soon by this process."""
+    for _ in range(len(_BAND)):
+        port = _BAND[next(_next_port) % len(_BAND)]
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this test process's band")
 
 
 @contextmanager
