@@ -95,7 +95,7 @@ def _fast_value_json(vr: str, value: Any) -> dict[str, Any] | None:
     values = list(value) if isinstance(value, list | MultiValue) else [value]
     try:
         if vr == "PN":
-            return {"vr": vr, "Value": [_pn(str(v)) for v in values]}
+            return {"vr": vr, "Value": [person_name_json(str(v)) for v in values]}
         if vr == "IS":
             return {"vr": vr, "Value": [int(v) if v != "" and v is not None else None for v in values]}
         if vr == "DS":
@@ -163,7 +163,7 @@ def _fast_json(vr: str, value: bytes, encoding: str) -> dict[str, Any] | None:
                 numbers = [_ds_number(p) if p else None for p in parts]
                 return {"vr": vr, "Value": numbers}
             if vr == "PN":
-                return {"vr": vr, "Value": [_pn(p) for p in parts]}
+                return {"vr": vr, "Value": [person_name_json(p) for p in parts]}
             if parts == [""]:
                 return {"vr": vr}
             return {"vr": vr, "Value": parts}
@@ -188,7 +188,8 @@ def _ds_number(text: str) -> int | float:
     return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
 
 
-def _pn(text: str) -> dict[str, str] | None:
+def person_name_json(text: str) -> dict[str, str] | None:
+    """A PN value in the DICOM JSON model (PS3.18 F.2.2): its component groups by name."""
     if not text:
         return None
     groups = text.split("=")

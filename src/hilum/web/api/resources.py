@@ -30,7 +30,7 @@ from hilum.domain.query import Query as MatchQuery
 from hilum.export.archive import stream_archive
 from hilum.index import deletion
 from hilum.index.search import TABLE, build_select, matching_instances
-from hilum.web.deps import EngineDep, ServicesDep
+from hilum.web.deps import EngineDep, ServicesDep, checked_uid
 from hilum.web.problems import Problem
 from hilum.web.security import visible_studies
 
@@ -39,7 +39,6 @@ router = APIRouter()
 P, S, SE, I = (TABLE[level] for level in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE))  # noqa: E741
 MAX_LIMIT = 1000
 _MAX_OFFSET = 10**12
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PK = re.compile(r"[0-9]{1,18}")
 # Stored backslash-joined, answered as JSON lists.
 LIST_VALUED = frozenset({"ModalitiesInStudy", "SOPClassesInStudy", "ImageType", "OtherPatientNames"})
@@ -222,9 +221,7 @@ def _sort_help(level: Level) -> str:
 
 
 def _uid(value: str) -> str:
-    if len(value) > 64 or not _UID.fullmatch(value):
-        raise Problem(400, f"{value[:80]!r} is not a UID")
-    return value
+    return checked_uid(value)
 
 
 def _fetch(

@@ -12,6 +12,7 @@ from hilum.app import Services
 from hilum.auth.models import study_grants_t
 from hilum.auth.policy import Role
 from hilum.auth.service import AccountError
+from hilum.web.deps import checked_uid
 from hilum.web.problems import Problem
 from hilum.web.security import auth_service, principal_of
 
@@ -93,12 +94,6 @@ def _audit_user(request: Request, user: str, detail: str, roles: bool = False) -
     )
 
 
-def _study_uid(uid: str) -> str:
-    if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
-        raise Problem(400, f"{uid[:80]!r} is not a UID")
-    return uid
-
-
 @router.get(
     "/studies/{study_uid}/grants", summary="Who a study is opened to (besides its referring physician)"
 )
@@ -107,7 +102,7 @@ def list_grants(request: Request, study_uid: str) -> list[dict[str, Any]]:
     with services.engine.connect() as conn:
         rows = (
             conn.execute(
-                select(study_grants_t).where(study_grants_t.c.study_instance_uid == _study_uid(study_uid))
+                select(study_grants_t).where(study_grants_t.c.study_instance_uid == checked_uid(study_uid))
             )
             .mappings()
             .all()
@@ -124,7 +119,7 @@ def add_grant(request: Request, study_uid: str, body: Grant) -> dict[str, Any]:
     with services.engine.begin() as conn:
         exists = conn.execute(
             select(study_grants_t.c.id).where(
-                study_grants_t.c.study_instance_uid == _study_uid(study_uid),
+                study_grants_t.c.study_instance_uid == checked_uid(study_uid),
                 study_grants_t.c.principal_kind == body.principal_kind,
                 study_grants_t.c.principal == body.principal,
             )
@@ -151,7 +146,7 @@ def remove_grant(request: Request, study_uid: str, principal_kind: str, principa
     with services.engine.begin() as conn:
         done = conn.execute(
             delete(study_grants_t).where(
-                study_grants_t.c.study_instance_uid == _study_uid(study_uid),
+                study_grants_t.c.study_instance_uid == checked_uid(study_uid),
                 study_grants_t.c.principal_kind == principal_kind,
                 study_grants_t.c.principal == principal,
             )

@@ -12,15 +12,14 @@ from hilum.domain.attributes import Level
 from hilum.domain.errors import NotFound
 from hilum.domain.query import Constraint, MatchKind, Query
 from hilum.index.search import StoredInstance, matching_instances
+from hilum.web.deps import checked_uid
 from hilum.web.problems import Problem
 
 CHUNK = 1 << 20
 
 
 def _uid(keyword: str, value: str) -> Constraint:
-    if not value or len(value) > 64 or any(c not in "0123456789." for c in value):
-        raise Problem(400, f"{keyword} {value[:80]!r} is not a valid UID")
-    return Constraint(keyword, "UI", MatchKind.SINGLE, (value,))
+    return Constraint(keyword, "UI", MatchKind.SINGLE, (checked_uid(value, keyword),))
 
 
 def stored_instances(
