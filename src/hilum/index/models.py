@@ -251,3 +251,4 @@ jobs_t = table_of(Job)
 
 # Registers the auth tables in Base.metadata (migrations compare against it).
 from hilum.auth import models as _auth_models  # noqa: E402, F401
+from hilum.shares import models as _share_models  # noqa: E402, F401

@@ -1,0 +1,1 @@
+"""Share links: time-limited, revocable links that open a few studies without an account."""
