@@ -31,6 +31,8 @@ class ShareLink(Base):
     # ready | preparing (de-identified copies being made) | failed
     state: Mapped[str] = mapped_column(String(16), default="ready")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The job making the de-identified copies (de-identified shares).
+    job_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     open_count: Mapped[int] = mapped_column(Integer, default=0)
     last_opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -52,5 +54,22 @@ class ShareLinkStudy(Base):
     is_copy: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ShareSession(Base):
+    """A browser session (cookie + CSRF token) or a bearer token opened from a share link."""
+
+    __tablename__ = "share_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    share_id: Mapped[int] = mapped_column(ForeignKey("share_links.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # session | token
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_ip: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 share_links_t = table_of(ShareLink)
 share_link_studies_t = table_of(ShareLinkStudy)
+share_sessions_t = table_of(ShareSession)

@@ -1,4 +1,5 @@
-"""share links: time-limited, revocable links that open a few studies without an account
+"""share links: time-limited, revocable links that open a few studies without an account,
+the studies each opens, and the sessions opened from them
 
 Revision ID: 0008
 Revises: 0007
@@ -30,6 +31,7 @@ def upgrade() -> None:
         sa.Column("locked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("job_id", BigId, nullable=True),
         sa.Column("open_count", sa.Integer(), nullable=False),
         sa.Column("last_opened_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
@@ -53,8 +55,23 @@ def upgrade() -> None:
     op.create_index(
         "ix_share_link_studies_source_study_instance_uid", "share_link_studies", ["source_study_instance_uid"]
     )
+    op.create_table(
+        "share_sessions",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("share_id", BigId, sa.ForeignKey("share_links.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False),
+        sa.Column("csrf_hash", sa.String(64), nullable=True),
+        sa.Column("client_ip", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.UniqueConstraint("token_hash"),
+    )
+    op.create_index("ix_share_sessions_share_id", "share_sessions", ["share_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("share_sessions")
     op.drop_table("share_link_studies")
     op.drop_table("share_links")
