@@ -68,6 +68,47 @@ class StudyGrant(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class OidcIdentity(Base):
+    """A single sign-on account (issuer + subject) and the Hilum user it signs in as.
+
+    Users are found by this pair, never by name alone: an IdP account whose
+    user name changes still reaches its own user, and a new IdP account that
+    takes over a name cannot reach the old one's.
+    """
+
+    __tablename__ = "oidc_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class OidcLogin(Base):
+    """A single sign-on in progress, between the redirect to the IdP and its callback.
+
+    Kept in the index (any HTTP process may receive the callback) and deleted
+    when used, so a state can be used once. The browser holds a random binding
+    token in a cookie; only its SHA-256 digest is stored.
+    """
+
+    __tablename__ = "oidc_logins"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    binding_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[str] = mapped_column(String(128))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    next_path: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 users_t = table_of(User)
 credentials_t = table_of(Credential)
 study_grants_t = table_of(StudyGrant)
+oidc_identities_t = table_of(OidcIdentity)
+oidc_logins_t = table_of(OidcLogin)
