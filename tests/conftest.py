@@ -93,7 +93,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         None,
         data_dir=tmp_path / "data",
         database_url=database_url,
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 2},
+        # The archive's tests talk to it from DCMTK tools with many AE titles: admit
+        # unknown AEs (the default refuses them; tests/test_dimse_permissions.py).
+        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 2,
+               "accept_unknown_aes": True},
         http={"port": free_port()},
         # The archive's tests run without logging in (tests/test_auth.py turns it on).
         auth={"enabled": False},
@@ -141,6 +144,8 @@ def hilum_env(settings: Settings) -> dict[str, str]:
     env.setdefault("HILUM_AUTH__ENABLED", "false")
     # One HTTP process per test server: starting servers is most of the suite's time.
     env.setdefault("HILUM_HTTP__WORKERS", "1")
+    # Admit the test tools' many AE titles (the default refuses unknown AEs).
+    env.setdefault("HILUM_DICOM__ACCEPT_UNKNOWN_AES", "true")
     if settings.database_url:
         env["HILUM_DATABASE_URL"] = settings.database_url
     return env

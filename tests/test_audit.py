@@ -818,3 +818,62 @@ def test_application_start_and_stop_are_recorded(settings: Settings, tmp_path: P
         root = check_audit_message(record["xml"])
         assert {p.get("UserID") for p in root.findall("ActiveParticipant")} >= {settings.dicom.ae_title}
     assert run_hilum(settings, "audit", "verify").returncode == 0
+
+
+def test_refusals_command_line_changes_and_send_jobs_are_audited(
+    audited_server: RunningServer, settings: Settings, tmp_path: Path
+) -> None:
+    """What happens outside a request of the HTTP API is audited too: `hilum ae` and
+    `hilum user` changes, DIMSE requests refused for lack of permission (folded into one
+    record per AE and service), and the instances a send job delivers."""
+    audited_server.hilum("ae", "add", "limited", "LIMITED", "127.0.0.1", "104", "--permissions", "find")
+    [added] = _wait_records(settings, event="Security Alert", user=f"cli:{_os_user()}")
+    assert "remote AE added: LIMITED@127.0.0.1:104" in added["xml"]
+    check_audit_message(added["xml"])
+    subprocess.run(
+        [sys.executable, "-m", "hilum.cli", "user", "add", "carol", "--role", "auditor",
+         "--password-stdin", "--data-dir", str(settings.data_dir)],
+        input="a-long-enough-password-42", text=True, env=hilum_env(settings), check=True,
+        capture_output=True,
+    )
+    records = _wait_records(settings, 2, event="Security Alert", user=f"cli:{_os_user()}")
+    created = [r for r in records if "user created with role auditor" in r["xml"]]
+    assert created and "carol" in created[0]["xml"]
+
+    # a C-STORE burst from an AE without the store permission: refused, one record
+    spec = StudySpec(patient_id="PATREFUSED", slices=3)
+    files = write_study(spec, tmp_path / "in")
+    out = dcmtk("storescu", "-aet", "LIMITED", *scp_args(audited_server), *map(str, files))
+    assert "0x124" in out.stdout + out.stderr or out.returncode != 0
+    time.sleep(2.5)  # past the folding window
+    [refused] = _wait_records(settings, event="Security Alert", user="LIMITED")
+    root = check_audit_message(refused["xml"])
+    assert refused["outcome"] == codes.MINOR_FAILURE
+    assert "lacks the 'store' permission" in refused["xml"]
+    assert root.find("EventIdentification/EventTypeCode").get("csd-code") == "110132"  # type: ignore[union-attr]
+
+    # a send job: one DICOM Instances Transferred record per study, naming the job
+    stored = dcmtk("storescu", "-aet", "MODALITY1", *scp_args(audited_server), *map(str, files))
+    assert stored.returncode == 0, stored.stdout + stored.stderr
+    with dcmtk_storescp(tmp_path / "sent", "JOBDEST") as scp:
+        audited_server.hilum("ae", "add", "jobdest", "JOBDEST", "127.0.0.1", str(scp.port))
+        base = f"http://127.0.0.1:{settings.http.port}"
+        job = httpx.post(f"{base}/api/v1/jobs", json={
+            "kind": "store", "study_instance_uid": spec.study_uid, "destination": "jobdest",
+        }).json()
+        sent = wait_for(
+            lambda: [r for r in _records(settings, event="DICOM Instances Transferred", study=spec.study_uid)
+                     if f"job {job['id']}" in r["xml"]],
+            30, "the send job's transfer record",
+        )
+    root = check_audit_message(sent[0]["xml"])
+    assert _event(root)[2:] == ("R", "0")
+    participants = {p.get("UserID"): _roles(p) for p in root.findall("ActiveParticipant")}
+    assert participants["JOBDEST"] == {"110152"}
+    assert root.find(".//SOPClass").get("NumberOfInstances") == "3"  # type: ignore[union-attr]
+
+
+def _os_user() -> str:
+    from hilum.audit.service import os_user
+
+    return os_user()

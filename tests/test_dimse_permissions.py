@@ -145,7 +145,7 @@ def test_permission_and_tls_settings_are_validated() -> None:
         )
     with pytest.raises(ValidationError, match="must differ"):
         DicomSettings(port=2762, tls_port=2762, tls_certificate="c", tls_private_key="k")
-    assert DicomSettings().accept_unknown_aes is True  # existing set-ups keep working
+    assert DicomSettings().accept_unknown_aes is False  # secure by default: known AEs only
 
 
 def test_ae_add_permissions_on_the_command_line(settings: Settings) -> None:
@@ -272,6 +272,11 @@ def test_unknown_aes_are_rejected_at_association(
     echo = server.hilum("echo", f"{server.ae_title}@127.0.0.1:{server.port}", check=False)
     assert echo.returncode == 1 and "rejected" in echo.stdout + echo.stderr
     assert "not a known remote AE" in server.log.read_text()
+    # every refusal is in the audit trail: Security Alert, Node Authentication
+    refusals = wait_for(lambda: [
+        r for r in _audit_records(server.settings, "Security Alert") if r["user_id"] == "NOBODY"
+    ], 20, "the refused associations' audit records")
+    assert all("110126" in r["xml"] and "not a known remote AE" in r["xml"] for r in refusals)
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "stock-pynetdicom"])
@@ -388,7 +393,7 @@ def test_each_service_needs_its_permission(
 def test_changes_apply_without_restart_and_unknown_aes_keep_every_service(
     server: RunningServer, tmp_path: Path
 ) -> None:
-    """The default (accept_unknown_aes = true): unknown AEs may do everything; a known AE
+    """With accept_unknown_aes = true (the tests' setting): unknown AEs may do everything; a known AE
     is held to its permissions, from the moment `hilum ae add` writes it (TABLE_TTL)."""
     files = write_study(StudySpec(patient_id="PAT-LATE", slices=2), tmp_path / "in")
     assert _store(server, "LATESCU", files[0]) == 0x0000  # unknown: admitted, may store
@@ -408,3 +413,13 @@ def test_changes_apply_without_restart_and_unknown_aes_keep_every_service(
     server.hilum("ae", "remove", "late")
     wait_for(lambda: _store(server, "LATESCU", files[1]) == 0x0000, timeout=15,
              what="the removal to apply")
+
+
+def _audit_records(settings: Settings, event: str) -> list[dict[str, Any]]:
+    from hilum.audit import store
+
+    engine = make_engine(settings.index_url, pool_size=1)
+    try:
+        return store.search(engine, store.AuditFilter(event=event), limit=1000)
+    finally:
+        engine.dispose()

@@ -243,6 +243,7 @@ def _initial_admin(settings: Settings) -> None:
 
 def _ae(args: argparse.Namespace) -> int:
     from hilum.app import prepare
+    from hilum.audit.service import AuditService, os_user
     from hilum.index.database import make_engine
     from hilum.index.nodes import RemoteNodes
 
@@ -250,6 +251,12 @@ def _ae(args: argparse.Namespace) -> int:
     prepare(settings)
     engine = make_engine(settings.index_url, pool_size=1)
     nodes = RemoteNodes(engine)
+    audit = AuditService(settings, engine)
+
+    def changed(detail: str) -> None:
+        audit.configuration_changed(by=f"cli:{os_user()}", ip=audit.hostname,
+                                    subject=f"remote-ae:{args.name}", detail=detail)
+
     try:
         if args.ae_command == "add":
             try:
@@ -263,6 +270,8 @@ def _ae(args: argparse.Namespace) -> int:
                 )
                 raise HilumError(f"invalid remote AE: {problems}") from None
             nodes.add(node)
+            changed(f"remote AE added: {node.ae_title}@{node.host}:{node.port}, "
+                    f"permissions {','.join(node.permissions) or 'echo only'} (hilum ae add)")
             console.print(
                 f"added {node.name}: {node.ae_title}@{node.host}:{node.port}"
                 f"{' (TLS)' if node.tls else ''}, may use: "
@@ -270,6 +279,7 @@ def _ae(args: argparse.Namespace) -> int:
             )
         elif args.ae_command == "remove":
             nodes.remove(args.name)
+            changed("remote AE removed (hilum ae remove)")
             console.print(f"removed {args.name}")
         else:
             table = Table("name", "AE title", "host", "port", "description")
@@ -277,6 +287,7 @@ def _ae(args: argparse.Namespace) -> int:
                 table.add_row(node.name, node.ae_title, node.host, str(node.port), node.description)
             console.print(table)
     finally:
+        audit.close()
         engine.dispose()
     return 0
 

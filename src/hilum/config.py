@@ -28,7 +28,9 @@ from pydantic_settings import (
 )
 
 from hilum.audit.settings import AuditSettings
+from hilum.auth.oidc.settings import OidcSettings
 from hilum.jobs.settings import JobSettings
+from hilum.shares.settings import ShareSettings
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE VR, no backslash
 
@@ -100,8 +102,9 @@ class DicomSettings(BaseModel):
     dimse_timeout: float = Field(default=60, gt=0)
     network_timeout: float = Field(default=120, gt=0)
     max_associations: int = Field(default=32, ge=1)
-    # false: only known remote AEs (AE title + host) may associate; see dimse/access.py.
-    accept_unknown_aes: bool = True
+    # false (default): only known remote AEs (AE title + host) may associate; true admits
+    # any peer with every service. See dimse/access.py and docs/tls.md.
+    accept_unknown_aes: bool = False
     # DICOM TLS (PS3.15 B.9) listener, served by the same receiving processes; 0 = off.
     tls_port: int = Field(default=0, ge=0, le=65535)
     tls_certificate: str = ""  # PEM: Hilum's certificate (chain), also its client certificate
@@ -175,6 +178,8 @@ class AuthSettings(BaseModel):
     allow_basic: bool = False
     # Session cookies carry the Secure flag: "auto" = when the request came over HTTPS.
     cookie_secure: str = Field(default="auto", pattern="^(auto|always|never)$")
+    # Single sign-on through OpenID Connect (hilum.auth.oidc); off by default.
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
 
 
 class Settings(BaseSettings):
@@ -195,6 +200,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    shares: ShareSettings = Field(default_factory=ShareSettings)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     # Set by load_settings() from --config; not a key of its own.

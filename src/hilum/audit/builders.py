@@ -344,6 +344,11 @@ def node_subject(node_id: str, name: str = "") -> ParticipantObject:
     )
 
 
+def study_subject(study_uid: str) -> ParticipantObject:
+    """A study (participant object type 2, role 3 report, ID type 110180 Study Instance UID)."""
+    return _studies({study_uid: {}})[0]
+
+
 def resource_subject(uri: str) -> ParticipantObject:
     """A configuration item or other resource named by a URI: type 2, role 13, ID type 12."""
     return ParticipantObject(

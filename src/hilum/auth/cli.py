@@ -53,12 +53,19 @@ def _password(from_stdin: bool, generate: bool) -> tuple[str, bool]:
 
 def run(args: argparse.Namespace, settings: Any, out: Any) -> int:
     from hilum.app import prepare
+    from hilum.audit.service import AuditService, os_user
     from hilum.auth.service import AuthService
     from hilum.index.database import make_engine
 
     prepare(settings)
     engine = make_engine(settings.index_url, pool_size=1)
     service = AuthService(engine, settings.auth)
+    audit = AuditService(settings, engine)
+    by, host = f"cli:{os_user()}", audit.hostname
+
+    def changed(detail: str, *, roles: bool = False) -> None:
+        audit.user_changed(by=by, ip=host, user=args.username, detail=detail, roles=roles)
+
     try:
         command = args.user_command
         if command == "add":
@@ -66,15 +73,18 @@ def run(args: argparse.Namespace, settings: Any, out: Any) -> int:
             groups = [g for g in args.groups.split(",") if g.strip()]
             service.add_user(args.username, args.role, password, display_name=args.display_name,
                              person_name=args.person_name, groups=groups)
+            changed(f"user created with role {args.role} (hilum user add)", roles=True)
             out.print(f"user {args.username} ({args.role}) created")
             if generated:
                 out.print(f"password: {password}  (shown once)")
         elif command == "passwd":
             password, _ = _password(args.password_stdin, generate=False)
             service.set_password(args.username, password)
+            changed("password changed; sessions and tokens revoked (hilum user passwd)")
             out.print(f"password of {args.username} changed; their sessions and tokens are revoked")
         elif command in ("disable", "enable"):
             service.set_disabled(args.username, command == "disable")
+            changed(f"user {command}d (hilum user {command})")
             out.print(f"user {args.username} {command}d")
         elif command == "list":
             for user in service.list_users():
@@ -85,7 +95,9 @@ def run(args: argparse.Namespace, settings: Any, out: Any) -> int:
 
             principal = _principal_for_user(engine, args.username)
             key, _, key_id = service.issue(principal, "apikey", name=args.name)
+            changed(f"API key {key_id} issued (hilum user api-key)")
             out.print(f"API key {key_id} for {args.username}: {key}  (shown once)")
     finally:
+        audit.close()
         engine.dispose()
     return 0

@@ -45,6 +45,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE, N_ACTION
 
+from hilum.audit import builders, codes
 from hilum.config import ALL_PERMISSIONS, Permission, RemoteAE
 from hilum.index.nodes import RemoteNodes
 
@@ -145,11 +146,13 @@ class AccessControl:
         nodes: RemoteNodes,
         *,
         accept_unknown_aes: bool,
+        audit: Any = None,
         ttl: float = TABLE_TTL,
         resolver: Resolver = _resolve,
     ) -> None:
         self.nodes = nodes
         self.accept_unknown_aes = accept_unknown_aes
+        self.audit = audit  # AuditService: refused associations and requests are recorded
         self.ttl = ttl
         self._resolver = resolver
         self._table: _Table | None = None
@@ -225,6 +228,11 @@ class GuardedACSE(ACSE):
                 "(dicom.accept_unknown_aes = false)", calling, address,
             )
             self.requestor.ae_title = calling
+            if access.audit is not None:
+                access.audit.node_authentication_failure(
+                    ae_title=calling, address=address,
+                    detail="association rejected: not a known remote AE (AE title and host)",
+                )
             self._reject(REJECT_UNKNOWN_CALLING_AE)
             return
         super()._negotiate_as_acceptor()
@@ -243,6 +251,9 @@ def _refuse(assoc: Association, msg: Any, context_id: int, peer: Peer, permissio
         msg.msg_type, peer.ae_title, peer.address,
         peer.node.name if peer.node else "", permission,
     )
+    access: AccessControl | None = getattr(assoc.acse, "_hilum_access", None)
+    if access is not None and access.audit is not None:
+        _audit_refusal(access.audit, peer, permission, str(msg.msg_type))
     if isinstance(msg, C_STORE):
         _discard_received(msg)
     rsp = type(msg)()
@@ -272,3 +283,20 @@ def _discard_received(msg: C_STORE) -> None:
         path = path[0]
     if path is not None:
         Path(path).unlink(missing_ok=True)
+
+
+def _audit_refusal(audit: Any, peer: Peer, permission: str, request: str) -> None:
+    """One Security Alert (use of a restricted function) per remote AE and service, folded
+    over a burst of refused requests (a modality sending 500 images is one record)."""
+    subject = builders.node_subject(f"{peer.ae_title}@{peer.address}", peer.node.name if peer.node else "")
+
+    def make(studies: Any, outcome: int, detail: str) -> Any:
+        return builders.security_alert(
+            reporter=builders.Party(peer.ae_title or "unknown", peer.address), node=audit.node(),
+            event_type=codes.USE_OF_RESTRICTED_FUNCTION, subject=subject, outcome=outcome, detail=detail,
+        )
+
+    audit.aggregate(
+        ("dimse-refused", peer.ae_title, peer.address, permission), make, outcome=codes.MINOR_FAILURE,
+        detail=f"{request} refused (0124H): the remote AE lacks the {permission!r} permission",
+    )

@@ -143,8 +143,15 @@ class TlsSharedSocketServer(SharedSocketServer):
         set_nodelay(client)
         return tls.accept(self.ssl_context, client), address
 
+    audit: Any = None  # the AuditService, set by serve_dicom: failed handshakes are recorded
+
+    def _handshake_failed(self, peer: str, detail: str) -> None:
+        if self.audit is not None:
+            host = peer.rsplit(":", 1)[0] if ":" in peer else peer
+            self.audit.node_authentication_failure(ae_title="", address=host, detail=detail)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if not tls.handshake(request, self.ae.acse_timeout):
+        if not tls.handshake(request, self.ae.acse_timeout, self._handshake_failed):
             self.shutdown_request(request)
             return
         super().process_request_thread(request, client_address)
@@ -221,7 +228,9 @@ def run_worker(
         resumed = handlers.commitment.resume_pending()
         if resumed:
             LOG.info("resending %d pending storage commitment report(s)", resumed)
-    access = AccessControl(services.nodes, accept_unknown_aes=settings.dicom.accept_unknown_aes)
+    access = AccessControl(
+        services.nodes, accept_unknown_aes=settings.dicom.accept_unknown_aes, audit=services.audit
+    )
     request_handler = _request_handler(settings.dicom.fast_path, access)
     listeners: list[tuple[type[SharedSocketServer], int, ssl.SSLContext | None]] = [
         (SharedSocketServer, settings.dicom.port, None)
@@ -241,6 +250,8 @@ def run_worker(
             ssl_context=context,
             request_handler=request_handler,
         )
+        if isinstance(server, TlsSharedSocketServer):
+            server.audit = services.audit
         ae._servers.append(server)  # as AE.start_server does; server.shutdown() removes it
         servers.append(server)
         name = "dimse-tls-acceptor" if context else "dimse-acceptor"

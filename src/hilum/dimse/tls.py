@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,9 @@ def accept(context: ssl.SSLContext, client: socket.socket) -> ssl.SSLSocket:
     return context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
 
 
-def handshake(sock: ssl.SSLSocket, timeout: float | None) -> bool:
+def handshake(
+    sock: ssl.SSLSocket, timeout: float | None, on_failure: Callable[[str, str], None] | None = None
+) -> bool:
     """Complete the server side of the TLS handshake within ``timeout`` seconds.
 
     False (logged) when it fails: a plain DICOM peer on the TLS port, a client
@@ -126,6 +129,8 @@ def handshake(sock: ssl.SSLSocket, timeout: float | None) -> bool:
     except (OSError, ValueError) as exc:
         peer = _peer(sock)
         LOG.warning("TLS handshake with %s failed: %s", peer, exc)
+        if on_failure is not None:
+            on_failure(peer, f"TLS handshake failed: {exc}")
         return False
     LOG.debug("TLS %s %s with %s", sock.version(), (sock.cipher() or ("?",))[0], _peer(sock))
     return True

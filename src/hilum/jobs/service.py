@@ -28,6 +28,7 @@ def submit_job(
     source: str | None = None,
     max_attempts: int | None = None,
     retry_delay: float | None = None,
+    requested_by: str = "",
 ) -> JobRecord:
     """Queue a job. ``store``: Hilum sends the stored studies to the remote AE named
     ``destination``. ``move``: the remote AE named ``source`` is asked to C-MOVE the
@@ -58,7 +59,8 @@ def submit_job(
         kind=kind,
         source=source,
         destination=destination,
-        params={"study_instance_uids": uids, "series_instance_uid": series_instance_uid or None},
+        params={"study_instance_uids": uids, "series_instance_uid": series_instance_uid or None,
+                "requested_by": requested_by},
         max_attempts=max_attempts or config.max_attempts,
         retry_delay=config.retry_delay if retry_delay is None else retry_delay,
     )

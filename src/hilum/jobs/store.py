@@ -21,6 +21,8 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from hilum.app import Services
+from hilum.audit import builders, codes
+from hilum.audit.builders import Party
 from hilum.config import RemoteAE
 from hilum.dimse.scu import Scu, ScuError
 from hilum.domain.errors import NotFound
@@ -40,6 +42,8 @@ class _Item:
     sop_instance_uid: str
     storage_key: str
     size: int
+    study_instance_uid: str = ""
+    sop_class_uid: str = ""
 
 
 def _matching(job: JobRecord, *columns: Any) -> Select[Any]:
@@ -64,6 +68,8 @@ def _items(job: JobRecord) -> Select[Any]:
         instances_t.c.sop_instance_uid,
         instances_t.c.storage_key,
         instances_t.c.size_bytes,
+        studies_t.c.study_instance_uid,
+        instances_t.c.sop_class_uid,
     ).order_by(instances_t.c.id)
 
 
@@ -133,7 +139,9 @@ class _Sender:
         self.ctx.state = {"cursor": self.cursor, "retry": sorted(self.retry)}
 
     def record(self, item: _Item, code: int | None, reason: str = "", *, sequential: bool) -> None:
-        if code is not None and code in STORED_STATUSES:
+        stored = code is not None and code in STORED_STATUSES
+        self._audit(item, stored, reason or ("" if stored else f"status 0x{(code or 0) & 0xFFFF:04X}"))
+        if stored:
             self.ctx.done += 1
             self.ctx.bytes_sent += item.size
             self.retry.discard(item.id)
@@ -146,6 +154,28 @@ class _Sender:
         if sequential:
             self.cursor = max(self.cursor, item.id)
         self.sync_state()
+
+    def _audit(self, item: _Item, stored: bool, reason: str) -> None:
+        """One DICOM Instances Transferred record per study and outcome (PS3.15 A.5.3.5)."""
+        audit = self.services.audit
+        job = self.ctx.job
+        destination = Party(self.remote.ae_title, self.remote.host)
+        by = str(job.params.get("requested_by") or "")
+        requestor = Party(by, "") if by else audit.node()
+
+        def make(studies: Any, outcome: int, detail: str) -> Any:
+            return builders.transferred(
+                source=audit.node(), destination=destination, requestor=requestor,
+                studies=studies, action="R", outcome=outcome,
+                detail=f"job {job.id}" + (f": {detail}" if detail else ""),
+            )
+
+        audit.aggregate(
+            ("job-store", job.id, item.study_instance_uid, stored), make,
+            study_uid=item.study_instance_uid, sop_class_uid=item.sop_class_uid,
+            outcome=codes.SUCCESS if stored else codes.MINOR_FAILURE,
+            detail="" if stored else f"not stored by {self.peer}: {reason}",
+        )
 
     def send(self, items: list[_Item], *, sequential: bool) -> None:
         """Send ``items`` on one association (more if a file cannot be sent at all)."""

@@ -98,6 +98,7 @@ def create_job(body: JobRequest, request: Request, response: Response, services:
             kind=body.kind, study_instance_uids=uids, series_instance_uid=body.series_instance_uid,
             destination=body.destination, source=body.source,
             max_attempts=body.max_attempts, retry_delay=body.retry_delay,
+            requested_by=getattr(getattr(request.state, "principal", None), "username", "") or "",
         )
     except InvalidJob as exc:
         raise Problem(400, str(exc)) from None

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, insert, select
 
 from hilum.app import Services
+from hilum.audit import builders
 from hilum.auth.models import study_grants_t
 from hilum.auth.policy import Role
 from hilum.auth.service import AccountError
@@ -133,7 +134,19 @@ def add_grant(request: Request, study_uid: str, body: Grant) -> dict[str, Any]:
                     created_by=caller.username if caller else "",
                 )
             )
+    _audit_grant(request, study_uid, f"opened to {body.principal_kind} {body.principal}")
     return {"study_instance_uid": study_uid, **body.model_dump()}
+
+
+def _audit_grant(request: Request, study_uid: str, detail: str) -> None:
+    """A change of who may see a study: Security Alert, object security attributes changed."""
+    services: Services = request.app.state.services
+    caller = principal_of(request)
+    services.audit.security_alert(
+        "object-security-attributes", user=caller.username if caller else "",
+        ip=request.client.host if request.client else "",
+        subject=builders.study_subject(study_uid), detail=detail,
+    )
 
 
 @router.delete(
@@ -153,4 +166,5 @@ def remove_grant(request: Request, study_uid: str, principal_kind: str, principa
         )
     if done.rowcount == 0:
         raise Problem(404, "no such grant")
+    _audit_grant(request, study_uid, f"closed to {principal_kind} {principal}")
     return Response(status_code=204)
