@@ -31,6 +31,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The OpenID Connect provider the single sign-on tests run (Node 20+: panva/oidc-provider).
+npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
 # Three test files at a time: most of the suite's time is real servers starting and

@@ -92,6 +92,7 @@ _RESOURCES = r"/api/v1/(patients|studies|series|instances)"
 ROUTES: list[Rule] = [
     _rule("GET HEAD", r"/api/v1/health", Perm.PUBLIC),
     _rule("POST", r"/api/v1/auth/(login|token)", Perm.PUBLIC),
+    _rule("GET", r"/api/v1/auth/(providers|oidc/login|oidc/callback)", Perm.PUBLIC),  # single sign-on
     _rule("POST", r"/api/v1/auth/logout", Perm.SELF),
     _rule("GET", r"/api/v1/auth/me", Perm.SELF),
     _rule("GET POST", r"/api/v1/auth/api-keys", Perm.SELF),

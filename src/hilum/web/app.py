@@ -13,7 +13,7 @@ from hilum import __version__
 from hilum.app import Services
 from hilum.audit.http import AuditMiddleware
 from hilum.web import problems
-from hilum.web.api import auth, changes, jobs, nodes, resources, system, users
+from hilum.web.api import auth, changes, jobs, nodes, oidc, resources, system, users
 from hilum.web.api.audit import router as audit_router
 from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from hilum.web.security import guard
@@ -51,6 +51,7 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"], dependencies=dicomweb)
     app.include_router(system.router, prefix=API_PREFIX, tags=["system"], dependencies=api)
     app.include_router(auth.router, prefix=API_PREFIX, tags=["authentication"], dependencies=api)
+    app.include_router(oidc.router, prefix=API_PREFIX, tags=["authentication"], dependencies=api)
     app.include_router(users.router, prefix=API_PREFIX, tags=["users"], dependencies=api)
     app.include_router(resources.router, prefix=API_PREFIX, tags=["resources"], dependencies=api)
     app.include_router(nodes.router, prefix=API_PREFIX, tags=["remote AEs"], dependencies=api)

@@ -19,6 +19,9 @@ from hilum.web.security import (
 )
 
 router = APIRouter()
+# After single sign-on (a redirect, not a JSON answer) the web app reads the session's
+# CSRF token from this cookie (not HttpOnly, SameSite=Strict), then may delete it.
+CSRF_COOKIE = "hilum_csrf"
 
 
 class Credentials(BaseModel):
@@ -30,6 +33,7 @@ class Credentials(BaseModel):
 class Me(BaseModel):
     username: str
     role: str
+    groups: list[str] = Field(default_factory=list)
     permissions: list[str]
     all_studies: bool
     via: str
@@ -64,6 +68,7 @@ def _me(principal: Principal) -> Me:
     return Me(
         username=principal.username,
         role=principal.role,
+        groups=list(principal.groups),
         permissions=sorted(p.value for p in principal.permissions),
         all_studies=principal.all_studies,
         via=principal.via,
@@ -86,7 +91,8 @@ def _login(request: Request, body: Credentials) -> Principal:
     return principal
 
 
-def _secure(request: Request, services: Services) -> bool:
+def secure_cookie(request: Request, services: Services) -> bool:
+    """Whether cookies get the Secure flag (auth.cookie_secure)."""
     mode = services.settings.auth.cookie_secure
     if mode == "always":
         return True
@@ -95,10 +101,10 @@ def _secure(request: Request, services: Services) -> bool:
     return request.url.scheme == "https" or services.settings.http.public_url.startswith("https:")
 
 
-@router.post("/auth/login", summary="Log in (web app): sets an HttpOnly session cookie")
-def login(request: Request, response: Response, body: Credentials) -> LoginAnswer:
+def open_session(request: Request, response: Response, principal: Principal) -> tuple[str, int]:
+    """A new web session for ``principal``: its HttpOnly cookie set on ``response``;
+    returns the CSRF token and the lifetime in seconds. (Password and single sign-on.)"""
     services: Services = request.app.state.services
-    principal = _login(request, body)
     hours = services.settings.auth.session_hours
     token, csrf, _ = auth_service(request).issue(
         principal, "session", ip=client_address(request), hours=hours
@@ -109,11 +115,18 @@ def login(request: Request, response: Response, body: Credentials) -> LoginAnswe
         max_age=int(hours * 3600),
         httponly=True,
         samesite="strict",
-        secure=_secure(request, services),
+        secure=secure_cookie(request, services),
         path="/",
     )
     assert csrf is not None
-    return LoginAnswer(user=_me(principal), csrf_token=csrf, expires_in=int(hours * 3600))
+    return csrf, int(hours * 3600)
+
+
+@router.post("/auth/login", summary="Log in (web app): sets an HttpOnly session cookie")
+def login(request: Request, response: Response, body: Credentials) -> LoginAnswer:
+    principal = _login(request, body)
+    csrf, lifetime = open_session(request, response, principal)
+    return LoginAnswer(user=_me(principal), csrf_token=csrf, expires_in=lifetime)
 
 
 @router.post("/auth/token", summary="Get a bearer token (scripts, DICOMweb clients)")
@@ -141,6 +154,7 @@ def logout(request: Request, response: Response) -> Response:
     services.audit.user_authentication(principal.username, client_address(request), True, logout=True)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
     return response
 
 

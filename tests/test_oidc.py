@@ -1,0 +1,468 @@
+"""Single sign-on through OpenID Connect, against a real provider.
+
+The provider is panva's oidc-provider (OpenID Certified) run by Node
+(tests/oidc/provider.mjs), with its development login and consent pages; the
+tests sign in the way a browser does: httpx follows Hilum's redirect to the
+provider, submits its login and consent forms, and follows the provider's
+redirect back to Hilum's callback, then uses the session it got. One provider
+and one `hilum serve` (two HTTP processes, so the two legs of a sign-on may
+reach different processes) serve the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from conftest import RunningServer, free_port, hilum_env, start_server, stop_server
+from factory import StudySpec, stow_study
+from hilum.config import Settings, load_settings
+
+OIDC_DIR = Path(__file__).resolve().parent / "oidc"
+CLIENT_ID = "hilum"
+CLIENT_SECRET = "a-test-client-secret-of-some-length"
+PASSWORD = "correct horse battery"
+ON = {"HILUM_AUTH__ENABLED": "true"}
+ROLE_MAPPING = {
+    "pacs-admins": "administrator",
+    "pacs-radiologists": "radiologist",
+    "pacs-referrers": "referring",
+}
+ACCOUNTS: dict[str, dict[str, Any]] = {
+    "u-alice": {"preferred_username": "alice", "name": "Alice Adams", "groups": ["pacs-radiologists", "neuro"]},
+    "u-house": {
+        "preferred_username": "house",
+        "name": "Gregory House",
+        "dicom_person_name": "HOUSE^GREGORY",
+        "groups": ["pacs-referrers", "diagnostics"],
+    },
+    "u-carol": {"preferred_username": "carol", "name": "Carol Chen", "groups": ["pacs-referrers"]},
+    "u-bob": {"preferred_username": "bob", "name": "Bob Brown", "groups": ["pacs-radiologists"]},
+    # An IdP account whose user name is that of a local password account.
+    "u-mallory": {"preferred_username": "localdoc", "name": "Mallory", "groups": ["pacs-admins"]},
+    "u-nobody": {"preferred_username": "nobody", "name": "No Body", "groups": ["visitors"]},
+}
+
+
+def _npm_install() -> None:
+    if (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is not installed (scripts/test.sh installs the test OIDC provider)")
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=OIDC_DIR, check=True, timeout=600)
+
+
+@dataclass
+class Provider:
+    issuer: str
+    config_file: Path
+    config: dict[str, Any]
+
+    def set_groups(self, account: str, groups: list[str]) -> None:
+        self.config["accounts"][account]["groups"] = groups
+        self.config_file.write_text(json.dumps(self.config))
+
+
+@dataclass
+class Site:
+    server: RunningServer
+    provider: Provider
+    base: str
+    admin: str  # an administrator's bearer token
+    house_study: str = ""
+    other_study: str = ""
+    group_study: str = ""
+
+
+def _wait_for(process: subprocess.Popen[bytes], log: Path, marker: bytes, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited early:\n{log.read_text()}")
+        if marker in log.read_bytes():
+            return
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"{what} did not start:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    _npm_install()
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (Node 20+ runs the test OIDC provider)")
+    tmp = tmp_path_factory.mktemp("oidc")
+    settings = load_settings(
+        None,
+        data_dir=tmp / "data",
+        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
+        http={"port": free_port(), "workers": 2},
+    )
+    base = f"http://127.0.0.1:{settings.http.port}"
+    op_port = free_port()
+    config = {
+        "port": op_port,
+        "clients": [
+            {
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "redirect_uris": [f"{base}/api/v1/auth/oidc/callback"],
+                "grant_types": ["authorization_code"],
+                "response_types": ["code"],
+            }
+        ],
+        "accounts": ACCOUNTS,
+    }
+    config_file = tmp / "provider.json"
+    config_file.write_text(json.dumps(config))
+    provider = Provider(f"http://127.0.0.1:{op_port}", config_file, config)
+    op_log = tmp / "provider.log"
+    with op_log.open("wb") as handle:
+        op = subprocess.Popen(
+            [node, str(OIDC_DIR / "provider.mjs"), str(config_file)],
+            cwd=OIDC_DIR,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    server: RunningServer | None = None
+    try:
+        _wait_for(op, op_log, b"listening", "the OIDC provider")
+        env = {
+            **ON,
+            "HILUM_HTTP__WORKERS": "2",
+            "HILUM_AUTH__OIDC__ENABLED": "true",
+            "HILUM_AUTH__OIDC__ISSUER": provider.issuer,
+            "HILUM_AUTH__OIDC__CLIENT_ID": CLIENT_ID,
+            "HILUM_AUTH__OIDC__CLIENT_SECRET": CLIENT_SECRET,
+            "HILUM_AUTH__OIDC__SCOPES": json.dumps(["openid", "profile", "email", "groups"]),
+            "HILUM_AUTH__OIDC__PERSON_NAME_CLAIM": "dicom_person_name",
+            "HILUM_AUTH__OIDC__ROLE_MAPPING": json.dumps(ROLE_MAPPING),
+            "HILUM_AUTH__OIDC__LABEL": "Sign in with Hospital SSO",
+        }
+        server = start_server(settings, tmp, env=env)
+        found = re.search(r"password: (\S+)", server.log.read_text())
+        assert found, server.log.read_text()
+        admin = _token(base, "admin", found.group(1))
+        _hilum(settings, "user", "add", "localdoc", "--role", "technologist", "--password-stdin",
+               stdin=PASSWORD + "\n")
+        site = Site(server, provider, base, admin)
+        site.house_study = stow_study(base, StudySpec(patient_id="H1", referring="HOUSE^GREGORY", slices=1),
+                                      admin)[0].StudyInstanceUID
+        site.other_study = stow_study(base, StudySpec(patient_id="W1", referring="WILSON^JAMES", slices=1),
+                                      admin)[0].StudyInstanceUID
+        site.group_study = stow_study(base, StudySpec(patient_id="G1", referring="CUDDY^LISA", slices=1),
+                                      admin)[0].StudyInstanceUID
+        granted = httpx.post(
+            f"{base}/api/v1/studies/{site.group_study}/grants",
+            json={"principal_kind": "group", "principal": "diagnostics"},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert granted.status_code in (200, 201), granted.text
+        yield site
+    finally:
+        if server is not None:
+            stop_server(server)
+        op.terminate()
+        try:
+            op.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            op.kill()
+            op.wait()
+
+
+def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
+        capture_output=True,
+        text=True,
+        env={**hilum_env(settings), **ON},
+        input=stdin,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _token(base: str, username: str, password: str) -> str:
+    reply = httpx.post(f"{base}/api/v1/auth/token", json={"username": username, "password": password})
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["access_token"])
+
+
+# -- a browser, more or less ----------------------------------------------------------------
+_FORM = re.compile(r'<form[^>]*action="([^"]+)"[^>]*method="post"', re.I)
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', re.I)
+
+
+def to_provider(
+    client: httpx.Client, site: Site, account: str, *, next: str = "/",
+    tamper: Callable[[str], str] | None = None,
+) -> str:
+    """Start a sign-on at Hilum and go through the provider's login and consent pages;
+    returns the URL the provider sends the browser back to (Hilum's callback)."""
+    started = client.get(f"{site.base}/api/v1/auth/oidc/login", params={"next": next})
+    assert started.status_code == 302, started.text
+    url = started.headers["location"]
+    assert url.startswith(site.provider.issuer + "/"), url
+    if tamper is not None:
+        url = tamper(url)
+    for _ in range(12):
+        if url.startswith(site.base):
+            return url
+        reply = client.get(url)
+        if reply.is_redirect:
+            url = urljoin(url, reply.headers["location"])
+            continue
+        assert reply.status_code == 200, reply.text
+        form = _FORM.search(reply.text)
+        assert form, reply.text
+        fields = dict(_HIDDEN.findall(reply.text))
+        if fields.get("prompt") == "login":
+            fields.update(login=account, password="any password")
+        posted = client.post(urljoin(url, form.group(1)), data=fields)
+        assert posted.is_redirect, posted.text
+        url = urljoin(url, posted.headers["location"])
+    raise AssertionError(f"the provider never sent the browser back to Hilum (last: {url})")
+
+
+def sign_in(client: httpx.Client, site: Site, account: str, *, next: str = "/") -> httpx.Response:
+    """A full sign-on in the browser ``client``; the callback's answer."""
+    callback = to_provider(client, site, account, next=next)
+    return client.get(callback)
+
+
+def _csrf(client: httpx.Client) -> str:
+    return str(client.cookies.get("hilum_csrf"))
+
+
+def _with_query(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(changes)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+# -- the tests ------------------------------------------------------------------------------
+def test_providers_tell_the_web_app_how_to_sign_in(site: Site) -> None:
+    reply = httpx.get(f"{site.base}/api/v1/auth/providers")
+    assert reply.status_code == 200
+    assert reply.json() == {
+        "password": True,
+        "oidc": {
+            "enabled": True,
+            "label": "Sign in with Hospital SSO",
+            "login_url": "/api/v1/auth/oidc/login",
+            "csrf_cookie": "hilum_csrf",
+        },
+    }
+
+
+def test_code_flow_opens_a_session_with_the_mapped_role_and_groups(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        landed = sign_in(client, site, "u-alice", next="/studies?modality=CT")
+        assert landed.status_code == 303, landed.text
+        assert landed.headers["location"] == "/studies?modality=CT"
+        set_cookies = landed.headers.get_list("set-cookie")
+        session_cookie = next(c for c in set_cookies if c.startswith("hilum_session="))
+        assert "HttpOnly" in session_cookie and "SameSite=strict" in session_cookie
+        assert any(c.startswith("hilum_oidc=") and "Max-Age=0" in c for c in set_cookies)
+        me = client.get(f"{site.base}/api/v1/auth/me")
+        assert me.status_code == 200, me.text
+        assert me.json()["username"] == "alice"
+        assert me.json()["role"] == "radiologist"
+        assert me.json()["groups"] == ["pacs-radiologists", "neuro"]
+        assert me.json()["via"] == "session"
+        # DICOMweb with the session: a radiologist sees every study.
+        studies = client.get(f"{site.base}/dicomweb/studies", headers={"Accept": "application/dicom+json"})
+        assert studies.status_code == 200, studies.text
+        assert {s["0020000D"]["Value"][0] for s in studies.json()} >= {site.house_study, site.other_study}
+        # The session is a normal one: changes need the CSRF token from the hilum_csrf cookie.
+        assert client.post(f"{site.base}/api/v1/auth/api-keys", json={"name": "x"}).status_code == 403
+        key = client.post(
+            f"{site.base}/api/v1/auth/api-keys", json={"name": "x"}, headers={"X-CSRF-Token": _csrf(client)}
+        )
+        assert key.status_code == 201, key.text
+        # SSO users have no password: the password login stays closed to them.
+        assert httpx.post(
+            f"{site.base}/api/v1/auth/token", json={"username": "alice", "password": "any password"}
+        ).status_code == 401
+        out = client.post(f"{site.base}/api/v1/auth/logout", headers={"X-CSRF-Token": _csrf(client)})
+        assert out.status_code == 204
+        assert client.get(f"{site.base}/api/v1/auth/me").status_code == 401
+
+
+def test_referring_physician_from_sso_sees_only_their_studies(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        landed = sign_in(client, site, "u-house")
+        assert landed.status_code == 303, landed.text
+        me = client.get(f"{site.base}/api/v1/auth/me").json()
+        assert (me["role"], me["all_studies"]) == ("referring", False)
+        studies = client.get(f"{site.base}/dicomweb/studies", headers={"Accept": "application/dicom+json"})
+        assert studies.status_code == 200, studies.text
+        seen = {s["0020000D"]["Value"][0] for s in studies.json()}
+        # Their own (ReferringPhysicianName = the person name claim) and their IdP group's.
+        assert seen == {site.house_study, site.group_study}
+        other = client.get(f"{site.base}/dicomweb/studies/{site.other_study}/metadata")
+        assert other.status_code == 403
+    users = httpx.get(f"{site.base}/api/v1/users", headers={"Authorization": f"Bearer {site.admin}"}).json()
+    house = next(u for u in users if u["username"] == "house")
+    assert house["person_name"] == "HOUSE^GREGORY"
+    assert house["display_name"] == "Gregory House"
+
+
+def test_role_and_groups_follow_the_idp_at_every_sign_on(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        landed = sign_in(client, site, "u-carol")
+        assert landed.status_code == 303, landed.text
+        assert client.get(f"{site.base}/api/v1/auth/me").json()["role"] == "referring"
+    site.provider.set_groups("u-carol", ["pacs-radiologists", "pacs-referrers"])
+    try:
+        with httpx.Client(timeout=30) as client:
+            landed = sign_in(client, site, "u-carol")
+            assert landed.status_code == 303, landed.text
+            me = client.get(f"{site.base}/api/v1/auth/me").json()
+            assert (me["role"], me["groups"]) == ("radiologist", ["pacs-radiologists", "pacs-referrers"])
+        site.provider.set_groups("u-carol", ["visitors"])  # no mapped group left: refused
+        with httpx.Client(timeout=30) as client:
+            refused = sign_in(client, site, "u-carol")
+            assert refused.status_code == 403
+            assert "no Hilum role" in refused.json()["detail"]
+    finally:
+        site.provider.set_groups("u-carol", ["pacs-referrers"])
+
+
+def test_an_account_without_a_mapped_group_is_refused_and_not_created(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        refused = sign_in(client, site, "u-nobody")
+        assert refused.status_code == 403
+        assert "no Hilum role" in refused.json()["detail"]
+        assert "hilum_session" not in client.cookies
+    users = httpx.get(f"{site.base}/api/v1/users", headers={"Authorization": f"Bearer {site.admin}"}).json()
+    assert "nobody" not in {u["username"] for u in users}
+
+
+def test_a_local_account_of_the_same_name_is_not_taken_over(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        refused = sign_in(client, site, "u-mallory")
+        assert refused.status_code == 403
+        assert "local Hilum account named localdoc" in refused.json()["detail"]
+        assert "link_existing" in refused.json()["detail"]
+    # The local account is untouched: its role and password work as before.
+    token = _token(site.base, "localdoc", PASSWORD)
+    me = httpx.get(f"{site.base}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert me["role"] == "technologist"
+
+
+def test_a_disabled_user_stays_refused_through_sso(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        landed = sign_in(client, site, "u-bob")
+        assert landed.status_code == 303, landed.text
+    _hilum(site.server.settings, "user", "disable", "bob")
+    try:
+        with httpx.Client(timeout=30) as client:
+            refused = sign_in(client, site, "u-bob")
+            assert refused.status_code == 403
+            assert "disabled" in refused.json()["detail"]
+            assert "hilum_session" not in client.cookies
+    finally:
+        _hilum(site.server.settings, "user", "enable", "bob")
+
+
+def test_a_wrong_or_missing_state_is_refused(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        callback = to_provider(client, site, "u-alice")
+        wrong = client.get(_with_query(callback, state="not-the-state"))
+        assert wrong.status_code == 400
+        assert "state" in wrong.json()["detail"]
+        # The sign-on was spent by that attempt: the right answer does not work afterwards either.
+        again = client.get(callback)
+        assert again.status_code == 400
+    # An answer without the browser's cookie (another browser, login CSRF) is refused.
+    with httpx.Client(timeout=30) as client:
+        callback = to_provider(client, site, "u-alice")
+    refused = httpx.get(callback)
+    assert refused.status_code == 400
+    assert "no single sign-on was started in this browser" in refused.json()["detail"]
+
+
+def test_a_replayed_code_is_refused(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        callback = to_provider(client, site, "u-alice")
+        login_cookie = client.cookies.get("hilum_oidc")
+        assert client.get(callback).status_code == 303
+        # The same answer again, with the same browser cookie: the sign-on is used up.
+        replay = httpx.get(callback, cookies={"hilum_oidc": str(login_cookie)})
+        assert replay.status_code == 400
+    # A code replayed inside a new sign-on (its own state and cookie): the provider refuses it.
+    code = dict(parse_qsl(urlsplit(callback).query))["code"]
+    with httpx.Client(timeout=30) as client:
+        fresh = to_provider(client, site, "u-alice")
+        replay = client.get(_with_query(fresh, code=code))
+        assert replay.status_code == 401
+        assert "refused the code" in replay.json()["detail"]
+
+
+def test_an_id_token_for_another_nonce_is_refused(site: Site) -> None:
+    """The authorization request is altered on its way to the provider (another nonce):
+    the provider signs an ID token with that nonce, and Hilum refuses it."""
+    with httpx.Client(timeout=30) as client:
+        callback = to_provider(
+            client, site, "u-alice", tamper=lambda url: _with_query(url, nonce="attacker-chosen-nonce")
+        )
+        refused = client.get(callback)
+        assert refused.status_code == 401
+        assert "nonce" in refused.json()["detail"]
+        assert "hilum_session" not in client.cookies
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["https://evil.example/", "//evil.example/x", "/\\evil.example", "evil", "http:/evil", "/\x00x", ""],
+)
+def test_next_must_be_a_path_on_this_server(site: Site, target: str) -> None:
+    reply = httpx.get(f"{site.base}/api/v1/auth/oidc/login", params={"next": target})
+    assert reply.status_code == 400
+    assert "hilum_oidc" not in reply.cookies
+
+
+def test_an_idp_error_answer_is_refused_and_audited(site: Site) -> None:
+    with httpx.Client(timeout=30) as client:
+        started = client.get(f"{site.base}/api/v1/auth/oidc/login")
+        state = dict(parse_qsl(urlsplit(started.headers["location"]).query))["state"]
+        refused = client.get(
+            f"{site.base}/api/v1/auth/oidc/callback",
+            params={"state": state, "error": "access_denied", "error_description": "End-User aborted",
+                    "iss": site.provider.issuer},
+            headers={"Accept": "text/html"},
+        )
+        assert refused.status_code == 401
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "access_denied" in refused.text
+    time.sleep(1.5)  # audit records are written by a batching thread
+    records = httpx.get(
+        f"{site.base}/api/v1/audit", params={"limit": 500}, headers={"Authorization": f"Bearer {site.admin}"}
+    )
+    assert records.status_code == 200, records.text
+    text = records.text
+    assert "single sign-on" in text
+    assert "access_denied" in text
+
+
+def test_an_html_browser_sees_a_page_not_json(site: Site) -> None:
+    reply = httpx.get(f"{site.base}/api/v1/auth/oidc/callback?state=x&code=y", headers={"Accept": "text/html"})
+    assert reply.status_code == 400
+    assert "<h1>Sign-in refused</h1>" in reply.text
