@@ -1,4 +1,5 @@
-"""The HTTP application: DICOMweb under /dicomweb, the management API under /api/v1.
+"""The HTTP application: DICOMweb under /dicomweb, the management API under /api/v1,
+the web app (study browser and viewer) at /.
 
 Routes are thin: they translate HTTP into calls on the services built by
 :func:`hilum.app.build_services` and answer errors as problem details.
@@ -13,10 +14,11 @@ from hilum import __version__
 from hilum.app import Services
 from hilum.audit.http import AuditMiddleware
 from hilum.web import problems
-from hilum.web.api import auth, changes, jobs, nodes, oidc, resources, system, users
+from hilum.web.api import auth, changes, jobs, nodes, oidc, resources, shares, system, users
 from hilum.web.api.audit import router as audit_router
 from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from hilum.web.security import guard
+from hilum.web.spa import SpaMiddleware
 
 DICOMWEB_PREFIX = "/dicomweb"
 API_PREFIX = "/api/v1"
@@ -44,6 +46,9 @@ def create_app(services: Services) -> FastAPI:
             expose_headers=["Content-Type", "Content-Length", "Content-Location", "Warning"],
             max_age=600,
         )
+    # The browser app (web/dist) at / and its client routes: public static files, outside
+    # /api and /dicomweb (hilum.web.spa).
+    app.add_middleware(SpaMiddleware)
     # Every router goes through the one authorization dependency (web/security.py).
     dicomweb = [Depends(guard(DICOMWEB_PREFIX))]
     api = [Depends(guard(API_PREFIX))]
@@ -58,4 +63,5 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX, tags=["jobs"], dependencies=api)
     app.include_router(changes.router, prefix=API_PREFIX, tags=["changes"], dependencies=api)
     app.include_router(audit_router, prefix=API_PREFIX, tags=["audit"], dependencies=api)
+    app.include_router(shares.router, prefix=API_PREFIX, tags=["share links"], dependencies=api)
     return app

@@ -1,0 +1,58 @@
+// Cornerstone3D set-up, once per page: rendering, the DICOMweb image loader, tools.
+import * as core from '@cornerstonejs/core';
+import * as tools from '@cornerstonejs/tools';
+import * as loader from '@cornerstonejs/dicom-image-loader';
+
+export { core, tools, loader };
+
+let ready: Promise<void> | null = null;
+
+export function initCornerstone(): Promise<void> {
+  ready ??= (async () => {
+    core.init();
+    loader.init({
+      maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
+      strict: false,
+    });
+    core.volumeLoader.registerVolumeLoader(
+      'cornerstoneStreamingImageVolume',
+      core.cornerstoneStreamingImageVolumeLoader as unknown as Parameters<typeof core.volumeLoader.registerVolumeLoader>[1],
+    );
+    // Frames are fetched through a pool: many at once for a fast whole series, with
+    // the image on screen first ("interaction" requests run before "prefetch").
+    core.imageRetrievalPoolManager.setMaxSimultaneousRequests(core.Enums.RequestType.Interaction, 12);
+    core.imageRetrievalPoolManager.setMaxSimultaneousRequests(core.Enums.RequestType.Prefetch, 12);
+    core.imageLoadPoolManager.setMaxSimultaneousRequests(core.Enums.RequestType.Interaction, 12);
+    core.imageLoadPoolManager.setMaxSimultaneousRequests(core.Enums.RequestType.Prefetch, 12);
+    core.cache.setMaxCacheSize(1024 * 1024 * 1024 * 1.5);
+    tools.init();
+    for (const Tool of [
+      tools.WindowLevelTool, tools.PanTool, tools.ZoomTool, tools.StackScrollTool, tools.PlanarRotateTool,
+      tools.MagnifyTool, tools.LengthTool, tools.AngleTool, tools.EllipticalROITool, tools.RectangleROITool,
+      tools.ProbeTool, tools.ArrowAnnotateTool, tools.LabelTool, tools.CrosshairsTool,
+    ]) {
+      tools.addTool(Tool);
+    }
+  })();
+  return ready;
+}
+
+/** Tool names as the toolbar and shortcuts know them. */
+export const TOOL = {
+  wl: tools.WindowLevelTool.toolName,
+  pan: tools.PanTool.toolName,
+  zoom: tools.ZoomTool.toolName,
+  scroll: tools.StackScrollTool.toolName,
+  rotate: tools.PlanarRotateTool.toolName,
+  magnify: tools.MagnifyTool.toolName,
+  length: tools.LengthTool.toolName,
+  angle: tools.AngleTool.toolName,
+  ellipse: tools.EllipticalROITool.toolName,
+  rectangle: tools.RectangleROITool.toolName,
+  probe: tools.ProbeTool.toolName,
+  arrow: tools.ArrowAnnotateTool.toolName,
+  text: tools.LabelTool.toolName,
+  crosshairs: tools.CrosshairsTool.toolName,
+} as const;
+export type ToolKey = keyof typeof TOOL;
+export const MEASUREMENT_TOOLS: ToolKey[] = ['length', 'angle', 'ellipse', 'rectangle', 'probe', 'arrow', 'text'];

@@ -1,0 +1,57 @@
+// The four corners of a viewport: who, what, where in the stack, how it is shown.
+import { age, dicomDate, dicomTime, num, personName, str, TAG, type DicomJson } from '../dicom';
+import { h, mount } from '../dom';
+import type { DisplaySet } from './study';
+
+export interface Corners { tl: HTMLElement; tr: HTMLElement; bl: HTMLElement; br: HTMLElement }
+
+export function makeCorners(parent: HTMLElement): Corners {
+  const corners = {
+    tl: h('div.overlay.tl'), tr: h('div.overlay.tr'), bl: h('div.overlay.bl'), br: h('div.overlay.br'),
+  };
+  parent.append(corners.tl, corners.tr, corners.bl, corners.br);
+  return corners;
+}
+
+export function fillStatic(corners: Corners, set: DisplaySet, instance: DicomJson | undefined): void {
+  const study = set.study.json;
+  const birth = str(study, TAG.PatientBirthDate) || str(instance, TAG.PatientBirthDate);
+  const sex = str(study, TAG.PatientSex) || str(instance, TAG.PatientSex);
+  mount(corners.tl,
+    h('div', h('b', personName(str(study, TAG.PatientName) || str(instance, TAG.PatientName)))),
+    h('div', str(study, TAG.PatientID)),
+    h('div', [dicomDate(birth), age(birth, set.study.date), sex].filter(Boolean).join(' · ')),
+    set.prior ? h('div.prior-tag', `PRIOR ${dicomDate(set.study.date)}`) : null,
+  );
+  mount(corners.tr,
+    h('div', `${dicomDate(set.study.date)} ${dicomTime(str(study, TAG.StudyTime))}`.trim()),
+    h('div', set.study.description),
+    h('div', `S${set.number ?? '?'}: ${set.description || set.modality}`),
+    h('div', str(study, TAG.InstitutionName) || str(instance, TAG.InstitutionName)),
+  );
+}
+
+export function fillDynamic(
+  corners: Corners,
+  set: DisplaySet,
+  index: number,
+  instance: DicomJson | undefined,
+  voi: { lower: number; upper: number } | undefined,
+  zoom: number | undefined,
+  extra = '',
+): void {
+  const location = num(instance, TAG.SliceLocation);
+  const thickness = num(instance, TAG.SliceThickness);
+  const frames = num(instance, TAG.NumberOfFrames);
+  mount(corners.bl,
+    h('div', `Im ${index + 1} / ${set.frameCount}${frames && frames > 1 ? ' (frames)' : ''}`),
+    location !== undefined ? h('div', `Loc ${location.toFixed(1)} mm`) : null,
+    thickness !== undefined ? h('div', `Thk ${thickness.toFixed(1)} mm`) : null,
+    h('div', `${num(instance, TAG.Columns) ?? ''}×${num(instance, TAG.Rows) ?? ''}`),
+  );
+  mount(corners.br,
+    voi ? h('div', `W ${Math.round(voi.upper - voi.lower)} L ${Math.round((voi.upper + voi.lower) / 2)}`) : null,
+    zoom !== undefined ? h('div', `Zoom ${zoom.toFixed(2)}×`) : null,
+    extra ? h('div', extra) : null,
+  );
+}

@@ -1,0 +1,594 @@
+// The diagnostic viewer: series panel, viewport grid, tools, hanging of current and prior.
+import { describeError, session } from '../api';
+import { dicomDate, personName, type DicomJson } from '../dicom';
+import { h, mount, toast } from '../dom';
+import { header } from '../pages/browser';
+import { link, navigate } from '../router';
+import { core, initCornerstone, tools } from './cs';
+import { otherObject, renderPDF, renderSR, renderVideo } from './docs';
+import { Measurements } from './measure';
+import { fillDynamic, fillStatic, makeCorners, type Corners } from './overlay';
+import { fetchPriors, fetchSeries, fetchStudy, frameRate, loadSeries, type DisplaySet, type StudyInfo } from './study';
+import { showTags } from './tags';
+import { Toolbar } from './toolbar';
+import { Mpr } from './mpr';
+import { probe } from './probe';
+
+const ENGINE_ID = 'hilum-engine';
+export const STACK_GROUP = 'hilum-stack';
+
+export const LAYOUTS: Record<string, [number, number]> = {
+  '1x1': [1, 1], '1x2': [1, 2], '2x1': [2, 1], '2x2': [2, 2], '3x3': [3, 3],
+};
+
+export interface Cell {
+  index: number;
+  el: HTMLElement;
+  vpEl: HTMLDivElement;
+  corners: Corners;
+  bar: HTMLElement;
+  viewportId: string;
+  set: DisplaySet | null;
+  enabled: boolean;
+  doc: HTMLElement | null;
+  cine: boolean;
+}
+
+export class Viewer {
+  root: HTMLElement;
+  study!: StudyInfo;
+  priors: StudyInfo[] = [];
+  sets: DisplaySet[] = [];
+  priorSets = new Map<string, DisplaySet[]>();
+  engine!: core.RenderingEngine;
+  group!: ReturnType<typeof tools.ToolGroupManager.createToolGroup> & object;
+  cells: Cell[] = [];
+  active = 0;
+  layout = '1x1';
+  grid = h('div.grid', { role: 'region', 'aria-label': 'Viewports' });
+  panel = h('nav.series-panel', { 'aria-label': 'Series' });
+  main = h('div.viewer');
+  toolbar!: Toolbar;
+  measurements!: Measurements;
+  mpr: Mpr | null = null;
+  sync = true;
+  voiSync: ReturnType<typeof tools.synchronizers.createVOISynchronizer> | null = null;
+  sliceSync: ReturnType<typeof tools.synchronizers.createImageSliceSynchronizer> | null = null;
+  private disposers: (() => void)[] = [];
+  private resizeObserver: ResizeObserver | null = null;
+  destroyed = false;
+
+  constructor(root: HTMLElement) {
+    this.root = root;
+  }
+
+  async open(studyUid: string, params: URLSearchParams): Promise<void> {
+    mount(this.root, header(), h('div.center-message', h('div.spinner'), h('p', 'Opening the study…')));
+    const [study] = await Promise.all([fetchStudy(studyUid), initCornerstone()]);
+    this.study = study;
+    document.title = `${personName(study.patientName)} · ${dicomDate(study.date)} · Hilum`;
+    this.sets = await fetchSeries(study, false);
+    // Priors: a failure there must not stop the current study from opening.
+    try {
+      this.priors = await fetchPriors(study);
+    } catch {
+      this.priors = [];
+    }
+    if (this.priors[0]) {
+      try {
+        this.priorSets.set(this.priors[0].uid, await fetchSeries(this.priors[0], true));
+      } catch {
+        /* shown without prior */
+      }
+    }
+    this.build();
+    this.engine = new core.RenderingEngine(ENGINE_ID);
+    tools.ToolGroupManager.destroyToolGroup(STACK_GROUP);
+    this.group = tools.ToolGroupManager.createToolGroup(STACK_GROUP)!;
+    this.toolbar.setupTools(this.group);
+    this.measurements = new Measurements(this);
+    this.hang(params);
+    this.resizeObserver = new ResizeObserver(() => this.engine?.resize(true, true));
+    this.resizeObserver.observe(this.grid);
+    this.installEvents();
+    void this.measurements.restore();
+  }
+
+  // ---- page structure ----
+
+  private build(): void {
+    this.toolbar = new Toolbar(this);
+    const share = session.share;
+    const back = share ? null : h('a.button', { href: '/studies', onclick: link, title: 'Back to the study list' }, '‹ Studies');
+    const title = h('span.study-title', `${personName(this.study.patientName)} · ${this.study.patientId} · ${dicomDate(this.study.date)} ${this.study.description}`);
+    mount(this.root,
+      header(h('span', { style: { display: 'contents' } }, back, h('button.panel-toggle', {
+        onclick: () => this.main.classList.toggle('panel-open'), 'aria-label': 'Series', title: 'Show or hide the series',
+      }, '☰ Series'), title)),
+      share?.deidentified ? h('div.viewer-banner', 'Shared study: de-identified copy.') : null,
+      this.toolbar.el,
+      this.main,
+    );
+    mount(this.main, this.panel, this.grid);
+    this.drawPanel();
+  }
+
+  drawPanel(): void {
+    const thumbs = (sets: DisplaySet[]) => sets.map((set) => {
+      const shown = this.cells.some((c) => c.set === set);
+      const el = h('button.thumb', {
+        class: shown ? 'shown' : '',
+        draggable: true,
+        'data-series': set.seriesUid,
+        title: `${set.description || set.modality} · ${set.count} images — drag into a viewport, or click to show it in the active one`,
+        ondragstart: (e: DragEvent) => {
+          e.dataTransfer?.setData('application/x-hilum-series', set.seriesUid);
+          e.dataTransfer?.setData('text/plain', set.seriesUid);
+        },
+        onclick: () => {
+          void this.show(this.active, set);
+          this.main.classList.remove('panel-open');
+        },
+      },
+      set.kind === 'sr' ? h('div.ph', 'SR') : set.kind === 'pdf' ? h('div.ph', 'PDF')
+        : h('img', { src: set.thumbnail, alt: '', loading: 'lazy', onerror: (e: Event) => {
+          (e.target as HTMLElement).replaceWith(h('div.ph', set.modality || '?'));
+        } }),
+      h('div.meta', h('span', `S${set.number ?? '?'} ${set.modality}`), h('span', String(set.count))),
+      h('div.desc', set.description || '(no description)'));
+      return el;
+    });
+    const priorBlocks = this.priors.map((p) => {
+      const sets = this.priorSets.get(p.uid);
+      return h('section',
+        h('div.study-head.prior', `Prior ${dicomDate(p.date)} · ${p.modalities.join(',')}`, h('br'), p.description),
+        sets ? thumbs(sets) : h('button', {
+          style: { margin: '6px 8px' },
+          onclick: async () => {
+            try {
+              this.priorSets.set(p.uid, await fetchSeries(p, true));
+              this.drawPanel();
+            } catch (error) {
+              toast(describeError(error), 'error');
+            }
+          },
+        }, 'Load series'));
+    });
+    mount(this.panel,
+      h('div.study-head', `Current ${dicomDate(this.study.date)}`, h('br'), this.study.description),
+      thumbs(this.sets),
+      this.priors.length ? h('h3', 'Priors') : null,
+      priorBlocks);
+  }
+
+  setLayout(name: string): void {
+    if (this.mpr) this.mpr.exit();
+    const [rows, cols] = LAYOUTS[name] ?? [1, 1];
+    this.layout = name;
+    const keep = this.cells.map((c) => c.set);
+    this.teardownCells();
+    this.grid.style.gridTemplateRows = `repeat(${rows}, minmax(0, 1fr))`;
+    this.grid.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
+    for (let i = 0; i < rows * cols; i++) this.cells.push(this.makeCell(i));
+    mount(this.grid, this.cells.map((c) => c.el));
+    this.active = Math.min(this.active, this.cells.length - 1);
+    this.markActive();
+    this.toolbar.syncLayout(name);
+    // Fill the cells: what was shown before, then the next series not shown yet.
+    const shown = new Set<DisplaySet>();
+    this.cells.forEach((_cell, i) => {
+      const set = keep[i] ?? this.nextUnshown(shown);
+      if (set) {
+        shown.add(set);
+        void this.show(i, set);
+      }
+    });
+  }
+
+  private nextUnshown(shown: Set<DisplaySet>): DisplaySet | null {
+    return this.sets.find((s) => !shown.has(s) && s.kind !== 'sr' && s.kind !== 'pdf') ?? null;
+  }
+
+  private makeCell(index: number): Cell {
+    const vpEl = h('div.vp') as HTMLDivElement;
+    vpEl.oncontextmenu = (e) => e.preventDefault();
+    const bar = h('div.bar');
+    const el = h('div.cell', {
+      'data-index': index,
+      onpointerdown: () => this.setActive(index),
+      ondragover: (e: DragEvent) => { e.preventDefault(); el.classList.add('dragover'); },
+      ondragleave: () => el.classList.remove('dragover'),
+      ondrop: (e: DragEvent) => {
+        e.preventDefault();
+        el.classList.remove('dragover');
+        const uid = e.dataTransfer?.getData('application/x-hilum-series') || e.dataTransfer?.getData('text/plain');
+        const set = this.allSets().find((s) => s.seriesUid === uid);
+        if (set) {
+          this.setActive(index);
+          void this.show(index, set);
+        }
+      },
+    }, vpEl, h('div.loading', bar));
+    const corners = makeCorners(el);
+    return { index, el, vpEl, corners, bar, viewportId: `vp-${index}-${Date.now() % 100000}`, set: null, enabled: false, doc: null, cine: false };
+  }
+
+  allSets(): DisplaySet[] {
+    return [...this.sets, ...[...this.priorSets.values()].flat()];
+  }
+
+  setActive(index: number): void {
+    if (this.active === index) return;
+    this.active = index;
+    this.markActive();
+    this.toolbar.syncCell(this.cells[index]);
+  }
+
+  private markActive(): void {
+    this.cells.forEach((c, i) => c.el.classList.toggle('active', i === this.active && this.cells.length > 1));
+  }
+
+  private teardownCells(): void {
+    for (const cell of this.cells) this.disableCell(cell);
+    this.cells = [];
+  }
+
+  private disableCell(cell: Cell): void {
+    if (cell.cine) this.stopCine(cell);
+    if (cell.enabled) {
+      try { this.group.removeViewports(ENGINE_ID, cell.viewportId); } catch { /* gone */ }
+      try { this.engine.disableElement(cell.viewportId); } catch { /* gone */ }
+      cell.enabled = false;
+    }
+    if (cell.doc) {
+      const url = cell.doc.dataset.url;
+      if (url) URL.revokeObjectURL(url);
+      cell.doc.remove();
+      cell.doc = null;
+    }
+  }
+
+  stackViewport(cell: Cell | undefined = this.cells[this.active]): core.StackViewport | null {
+    if (!cell?.enabled) return null;
+    const vp = this.engine.getViewport(cell.viewportId);
+    return vp instanceof core.StackViewport ? vp : null;
+  }
+
+  // ---- showing a series ----
+
+  async show(index: number, set: DisplaySet): Promise<void> {
+    const cell = this.cells[index];
+    if (!cell) return;
+    this.disableCell(cell);
+    cell.set = set;
+    cell.el.querySelector('.cell-error')?.remove();
+    cell.el.querySelector('.empty')?.remove();
+    mount(cell.corners.tl); mount(cell.corners.tr); mount(cell.corners.bl); mount(cell.corners.br);
+    const spinner = h('div.empty', h('div', h('div.spinner'), 'Loading series…'));
+    cell.el.appendChild(spinner);
+    this.drawPanel();
+    try {
+      await loadSeries(set);
+      if (cell.set !== set || this.destroyed) return;
+      spinner.remove();
+      if (set.kind === 'image') {
+        await this.showStack(cell, set);
+      } else {
+        const doc = set.kind === 'sr' ? renderSR(set)
+          : set.kind === 'pdf' ? await renderPDF(set)
+            : set.kind === 'video' ? await renderVideo(set)
+              : otherObject(set);
+        if (cell.set !== set) return;
+        cell.doc = doc;
+        cell.el.appendChild(doc);
+        fillStatic(cell.corners, set, set.instances?.[0]);
+        mount(cell.corners.bl); mount(cell.corners.br); mount(cell.corners.tl); mount(cell.corners.tr);
+      }
+      if (index === this.active) this.toolbar.syncCell(cell);
+    } catch (error) {
+      spinner.remove();
+      if (cell.set !== set) return;
+      cell.el.appendChild(h('div.cell-error', { role: 'alert' }, describeError(error)));
+    }
+  }
+
+  private async showStack(cell: Cell, set: DisplaySet): Promise<void> {
+    this.engine.enableElement({
+      viewportId: cell.viewportId,
+      type: core.Enums.ViewportType.STACK,
+      element: cell.vpEl,
+      defaultOptions: { background: [0, 0, 0] },
+    });
+    cell.enabled = true;
+    this.group.addViewport(cell.viewportId, ENGINE_ID);
+    const vp = this.engine.getViewport(cell.viewportId) as core.StackViewport;
+    fillStatic(cell.corners, set, set.instances?.[0]);
+    const start = set.multiframe ? 0 : Math.floor((set.imageIds.length - 1) / 2) * 0;
+    const t0 = performance.now();
+    probe.stackRequested(set, t0);
+    await vp.setStack(set.imageIds, start);
+    vp.render();
+    probe.firstImage(set, performance.now());
+    this.updateOverlay(cell);
+    this.prefetch(cell, set);
+    this.applySync();
+    this.measurements.refresh();
+  }
+
+  /** Fetch the rest of the series after the first image is on screen (progress bar). */
+  private prefetch(cell: Cell, set: DisplaySet): void {
+    const ids = set.imageIds;
+    let done = 0;
+    let failed = 0;
+    const total = ids.length;
+    const bar = cell.bar;
+    const update = () => {
+      bar.style.width = `${(100 * done) / total}%`;
+      bar.parentElement!.hidden = done >= total;
+      if (done >= total) {
+        probe.seriesLoaded(set, performance.now(), failed);
+        if (failed) toast(`${failed} image(s) of this series could not be loaded`, 'error');
+      }
+    };
+    update();
+    const queue = ids.map((id, i) => ({ id, i }));
+    const worker = async () => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        if (cell.set !== set || this.destroyed) return;
+        try {
+          await core.imageLoader.loadAndCacheImage(next.id, { priority: 5, requestType: core.Enums.RequestType.Prefetch });
+        } catch {
+          failed++;
+        }
+        done++;
+        update();
+      }
+    };
+    for (let k = 0; k < 6; k++) void worker();
+  }
+
+  updateOverlay(cell: Cell): void {
+    const vp = this.stackViewport(cell);
+    const set = cell.set;
+    if (!vp || !set) return;
+    const index = vp.getCurrentImageIdIndex();
+    const instance = this.instanceAt(set, index);
+    const props = vp.getProperties();
+    let zoom: number | undefined;
+    try { zoom = vp.getZoom(); } catch { zoom = undefined; }
+    fillDynamic(cell.corners, set, index, instance, props.voiRange, zoom, cell.cine ? `▶ ${this.toolbar.fps()} fps` : '');
+  }
+
+  instanceAt(set: DisplaySet, imageIndex: number): DicomJson | undefined {
+    const id = set.imageIds[imageIndex];
+    if (!id) return undefined;
+    const sop = /instances\/([^/]+)\/frames/.exec(id)?.[1];
+    return set.instances?.find((i) => i['00080018']?.Value?.[0] === sop);
+  }
+
+  // ---- hanging: current and prior side by side ----
+
+  private hang(params: URLSearchParams): void {
+    const wanted = params.get('series');
+    const images = this.sets.filter((s) => s.kind !== 'sr' && s.kind !== 'pdf');
+    const first = this.sets.find((s) => s.seriesUid === wanted) ?? images[0] ?? this.sets[0];
+    const priorSets = this.priors[0] ? this.priorSets.get(this.priors[0].uid) ?? [] : [];
+    const match = first && priorSets.length ? matchingSeries(first, priorSets) : null;
+    if (first && match && !wanted) {
+      this.setLayout('1x2');
+      void this.show(0, first);
+      void this.show(1, match);
+      this.sync = true;
+    } else {
+      this.setLayout('1x1');
+      if (first) void this.show(0, first);
+      else this.cells[0].el.appendChild(h('div.empty', 'This study has no series.'));
+    }
+    this.toolbar.syncSync();
+  }
+
+  // ---- synchronised scroll and W/L (current and prior, or any shown stacks) ----
+
+  applySync(): void {
+    this.voiSync?.destroy();
+    this.sliceSync?.destroy();
+    this.voiSync = this.sliceSync = null;
+    if (!this.sync || this.mpr) return;
+    const stacks = this.cells.filter((c) => this.stackViewport(c));
+    if (stacks.length < 2) return;
+    this.voiSync = tools.synchronizers.createVOISynchronizer(`hilum-voi-${Date.now()}`, { syncInvertState: false, syncColormap: false });
+    this.sliceSync = tools.synchronizers.createImageSliceSynchronizer(`hilum-slice-${Date.now()}`);
+    for (const c of stacks) {
+      this.voiSync.add({ renderingEngineId: ENGINE_ID, viewportId: c.viewportId });
+      this.sliceSync.add({ renderingEngineId: ENGINE_ID, viewportId: c.viewportId });
+    }
+  }
+
+  // ---- cine ----
+
+  toggleCine(cell: Cell | undefined = this.cells[this.active]): void {
+    if (!cell || !this.stackViewport(cell)) return;
+    if (cell.cine) this.stopCine(cell);
+    else {
+      const fps = this.toolbar.fps(cell.set ? frameRate(cell.set) : undefined);
+      tools.utilities.cine.playClip(cell.vpEl, { framesPerSecond: fps, loop: true });
+      cell.cine = true;
+    }
+    this.toolbar.syncCell(cell);
+    this.updateOverlay(cell);
+  }
+
+  stopCine(cell: Cell): void {
+    try { tools.utilities.cine.stopClip(cell.vpEl); } catch { /* not playing */ }
+    cell.cine = false;
+  }
+
+  setCineRate(fps: number): void {
+    const cell = this.cells[this.active];
+    if (cell?.cine) {
+      this.stopCine(cell);
+      tools.utilities.cine.playClip(cell.vpEl, { framesPerSecond: fps, loop: true });
+      cell.cine = true;
+    }
+  }
+
+  // ---- view operations on the active viewport ----
+
+  scroll(delta: number): void {
+    const vp = this.stackViewport();
+    if (vp) {
+      vp.scroll(delta, false, false);
+      return;
+    }
+    this.mpr?.scroll(delta);
+  }
+
+  jump(where: 'first' | 'last'): void {
+    const vp = this.stackViewport();
+    if (vp) void vp.setImageIdIndex(where === 'first' ? 0 : vp.getImageIds().length - 1);
+  }
+
+  setWindow(width: number | null, center: number | null): void {
+    const vps = this.mpr ? this.mpr.viewports() : [this.stackViewport()].filter(Boolean) as core.StackViewport[];
+    for (const vp of vps) {
+      if (width === null || center === null) {
+        vp.resetProperties();
+      } else {
+        vp.setProperties({ voiRange: { lower: center - width / 2, upper: center + width / 2 } });
+      }
+      vp.render();
+    }
+    if (!this.mpr) this.updateOverlay(this.cells[this.active]);
+  }
+
+  rotate(degrees: number): void {
+    const vp = this.stackViewport();
+    if (!vp) return;
+    const current = vp.getViewPresentation().rotation ?? 0;
+    vp.setViewPresentation({ rotation: (((current + degrees) % 360) + 360) % 360 });
+    vp.render();
+  }
+
+  flip(direction: 'h' | 'v'): void {
+    const vp = this.stackViewport();
+    if (!vp) return;
+    const cam = vp.getCamera();
+    if (direction === 'h') vp.setCamera({ flipHorizontal: !cam.flipHorizontal });
+    else vp.setCamera({ flipVertical: !cam.flipVertical });
+    vp.render();
+  }
+
+  invert(): void {
+    const vp = this.stackViewport();
+    if (!vp) return;
+    vp.setProperties({ invert: !vp.getProperties().invert });
+    vp.render();
+  }
+
+  reset(): void {
+    const vp = this.stackViewport();
+    if (!vp) return;
+    vp.resetCamera();
+    vp.resetProperties();
+    vp.setViewPresentation({ rotation: 0 });
+    vp.render();
+    this.updateOverlay(this.cells[this.active]);
+  }
+
+  showTags(): void {
+    const cell = this.cells[this.active];
+    const vp = this.stackViewport(cell);
+    const set = cell?.set;
+    if (!set) return showTags(undefined, '');
+    const instance = vp ? this.instanceAt(set, vp.getCurrentImageIdIndex()) : set.instances?.[0];
+    showTags(instance, `Series ${set.number ?? ''} ${set.description} · ${set.modality}`);
+  }
+
+  async toggleMpr(): Promise<void> {
+    if (this.mpr) {
+      this.mpr.exit();
+      return;
+    }
+    const set = this.cells[this.active]?.set;
+    if (!set || set.kind !== 'image') return toast('Choose a CT or MR series first', 'error');
+    await loadSeries(set);
+    if (!set.reconstructable) return toast('MPR needs a CT/MR/PET volume: one series of parallel slices', 'error');
+    this.mpr = new Mpr(this, set);
+    await this.mpr.enter();
+  }
+
+  endMpr(): void {
+    this.mpr = null;
+    this.toolbar.syncLayout(this.layout);
+  }
+
+  // ---- events ----
+
+  private installEvents(): void {
+    const E = core.Enums.Events;
+    const onImage = (evt: Event) => {
+      const el = (evt as CustomEvent).detail?.element as HTMLElement | undefined;
+      const cell = this.cells.find((c) => c.vpEl === el);
+      if (cell) this.updateOverlay(cell);
+    };
+    for (const name of [E.STACK_NEW_IMAGE, E.VOI_MODIFIED, E.CAMERA_MODIFIED]) {
+      core.eventTarget.addEventListener(name, onImage);
+      this.disposers.push(() => core.eventTarget.removeEventListener(name, onImage));
+    }
+    // Element-level events bubble through the grid.
+    const onElementEvent = (evt: Event) => onImage(evt);
+    for (const name of [E.STACK_NEW_IMAGE, E.VOI_MODIFIED, E.CAMERA_MODIFIED]) {
+      this.grid.addEventListener(name, onElementEvent);
+    }
+    const onKey = (e: KeyboardEvent) => this.toolbar.onKey(e);
+    window.addEventListener('keydown', onKey);
+    this.disposers.push(() => window.removeEventListener('keydown', onKey));
+  }
+
+  destroy(): void {
+    this.destroyed = true;
+    this.disposers.forEach((d) => d());
+    this.resizeObserver?.disconnect();
+    this.voiSync?.destroy();
+    this.sliceSync?.destroy();
+    this.mpr?.destroy();
+    this.teardownCells();
+    this.measurements?.dispose();
+    try { tools.ToolGroupManager.destroyToolGroup(STACK_GROUP); } catch { /* gone */ }
+    try { this.engine?.destroy(); } catch { /* gone */ }
+    core.cache.purgeCache();
+    document.title = 'Hilum';
+  }
+}
+
+/** The prior series that best matches a current one: same modality, similar description. */
+export function matchingSeries(current: DisplaySet, candidates: DisplaySet[]): DisplaySet | null {
+  const same = candidates.filter((c) => c.modality === current.modality && c.kind !== 'sr' && c.kind !== 'pdf');
+  if (!same.length) return null;
+  const words = (s: string) => new Set(s.toLowerCase().split(/[^a-z0-9]+/).filter(Boolean));
+  const mine = words(current.description);
+  const score = (c: DisplaySet) => [...words(c.description)].filter((w) => mine.has(w)).length;
+  return [...same].sort((a, b) => score(b) - score(a))[0];
+}
+
+export async function renderViewer(root: HTMLElement, studyUid: string, params: URLSearchParams): Promise<() => void> {
+  const viewer = new Viewer(root);
+  (window as unknown as { hilumViewer?: Viewer }).hilumViewer = viewer;
+  try {
+    await viewer.open(studyUid, params);
+  } catch (error) {
+    viewer.destroy();
+    mount(root, header(), h('div.center-message.error', h('h1', 'The study could not be opened'), h('p', describeError(error)),
+      session.share ? null : h('p', h('a', { href: '/studies', onclick: link }, 'Back to the study list'))));
+  }
+  const onUnload = (e: BeforeUnloadEvent) => {
+    if (viewer.measurements?.dirty) e.preventDefault();
+  };
+  window.addEventListener('beforeunload', onUnload);
+  return () => {
+    window.removeEventListener('beforeunload', onUnload);
+    viewer.destroy();
+  };
+}
+
+export { navigate };
