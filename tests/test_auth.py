@@ -214,6 +214,7 @@ def _concrete(path: str, site: Site, own: bool) -> str:
         "name": "nobody",
         "job_id": "999999",
         "key_id": "999999",
+        "share_id": "999999",
         "username": "nobody",
         "principal_kind": "user",
         "principal": "nobody",

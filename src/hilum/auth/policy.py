@@ -27,6 +27,7 @@ class Perm(StrEnum):
     STUDY_DELETE = "study.delete"
     STUDY_EXPORT = "study.export"  # zip download, send to another AE
     STUDY_GRANT = "study.grant"  # open a study to a user or group
+    STUDY_SHARE = "study.share"  # share links to studies one may see
     CHANGES_READ = "changes.read"  # the change feed (every study)
     NODES_READ = "nodes.read"
     NODES_WRITE = "nodes.write"
@@ -47,6 +48,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
             Perm.STUDY_WRITE,
             Perm.STUDY_EXPORT,
             Perm.STUDY_GRANT,
+            Perm.STUDY_SHARE,
             Perm.JOBS_READ,
             Perm.JOBS_WRITE,
             Perm.NODES_READ,
@@ -60,6 +62,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
             Perm.STUDY_READ,
             Perm.STUDY_WRITE,
             Perm.STUDY_EXPORT,
+            Perm.STUDY_SHARE,
             Perm.JOBS_READ,
             Perm.JOBS_WRITE,
             Perm.NODES_READ,
@@ -68,7 +71,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
             Perm.PUBLIC,
         }
     ),
-    Role.REFERRING: frozenset({Perm.STUDY_READ, Perm.SELF, Perm.PUBLIC}),
+    # Referring physicians may share the studies they see (second opinions, the patient).
+    Role.REFERRING: frozenset({Perm.STUDY_READ, Perm.STUDY_SHARE, Perm.SELF, Perm.PUBLIC}),
     Role.AUDITOR: frozenset({Perm.AUDIT_READ, Perm.SYSTEM_READ, Perm.SELF, Perm.PUBLIC}),
 }
 # Roles that see every study (the others only those opened to them).
@@ -113,8 +117,26 @@ ROUTES: list[Rule] = [
     _rule("GET", r"/api/v1/jobs(/\{job_id\})?", Perm.JOBS_READ),
     _rule("POST", r"/api/v1/jobs(/\{job_id\}/(retry|cancel))?", Perm.JOBS_WRITE),
     _rule("GET", r"/api/v1/audit(/.*)?", Perm.AUDIT_READ),
+    _rule("POST", r"/api/v1/shares/open", Perm.PUBLIC),
+    _rule("GET DELETE", r"/api/v1/shares/session", Perm.SELF),
+    _rule("GET POST", r"/api/v1/shares", Perm.STUDY_SHARE),
+    _rule("GET DELETE", r"/api/v1/shares/\{share_id\}", Perm.STUDY_SHARE),
 ]
 ADMIN_ONLY = Perm.USERS_ADMIN
+
+# All a session opened from a share link may call, whatever permissions it holds: reading
+# its studies (which ones: hilum.auth.access), the zip download when the link allows it,
+# who am I, and ending the session. Everything else is refused (403).
+SHARE_ROUTES: list[Rule] = [
+    _rule("GET HEAD", r"/dicomweb/(studies|series|instances|wado)(/.*)?", Perm.STUDY_READ),
+    _rule("GET HEAD", r"/api/v1/(studies|series|instances)/\{[a-z_]+\}/archive", Perm.STUDY_EXPORT),
+    _rule("GET HEAD", r"/api/v1/(studies|series|instances)(/\{[a-z_]+\})?", Perm.STUDY_READ),
+    _rule("GET", r"/api/v1/auth/me", Perm.SELF),
+    _rule("POST", r"/api/v1/auth/logout", Perm.SELF),
+    _rule("GET DELETE", r"/api/v1/shares/session", Perm.SELF),
+]
+# What a share session holds: read, plus study.export when the link allows downloads.
+SHARE_PERMISSIONS = frozenset({Perm.STUDY_READ, Perm.SELF})
 
 
 def required_permission(method: str, route: str) -> Perm:
@@ -124,6 +146,12 @@ def required_permission(method: str, route: str) -> Perm:
         if method in rule.methods and rule.pattern.match(route):
             return rule.permission
     return ADMIN_ONLY
+
+
+def share_route_allowed(method: str, route: str) -> bool:
+    """Whether a share link's session may call this route at all."""
+    method = "GET" if method == "HEAD" else method
+    return any(method in rule.methods and rule.pattern.match(route) for rule in SHARE_ROUTES)
 
 
 def permissions_of(role: str) -> frozenset[Perm]:

@@ -55,6 +55,8 @@ class Principal:
     groups: tuple[str, ...] = ()
     credential_id: int | None = None
     via: str = ""  # session | token | apikey | basic | share
+    # Sessions opened from a share link: the link; they see only its studies (auth.access).
+    share_id: int | None = None
 
     @property
     def all_studies(self) -> bool:

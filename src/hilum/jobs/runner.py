@@ -26,11 +26,12 @@ from hilum.jobs.move import run_move
 from hilum.jobs.repository import FAILED, SUCCEEDED, JobStore, utcnow
 from hilum.jobs.settings import JobSettings, job_settings
 from hilum.jobs.store import run_store
+from hilum.shares.copy import run_share_copy
 
 LOG = logging.getLogger(__name__)
 
 Executor = Callable[[JobContext, Services, JobSettings], None]
-EXECUTORS: dict[str, Executor] = {"store": run_store, "move": run_move}
+EXECUTORS: dict[str, Executor] = {"store": run_store, "move": run_move, "share-copy": run_share_copy}
 
 
 def node_name(services: Services) -> str:

@@ -23,8 +23,9 @@ from fastapi import Request
 
 from hilum.app import Services
 from hilum.auth.access import may_see, study_condition, study_of
-from hilum.auth.policy import Perm, permissions_of, required_permission
+from hilum.auth.policy import Perm, permissions_of, required_permission, share_route_allowed
 from hilum.auth.service import AuthError, AuthService, Principal, token_digest
+from hilum.shares.service import ShareService, is_share_credential
 from hilum.web.problems import Problem
 
 SESSION_COOKIE = "hilum_session"
@@ -72,6 +73,22 @@ def auth_service(request: Request) -> AuthService:
     return service
 
 
+def share_service(request: Request) -> ShareService:
+    state = request.app.state
+    service: ShareService | None = getattr(state, "shares", None)
+    if service is None:
+        services: Services = state.services
+        service = state.shares = ShareService.build(services.engine, services.storage, services.settings)
+    return service
+
+
+def _resolve(request: Request, token: str) -> tuple[Principal, str | None]:
+    """A session, bearer token or API key; or a session or token opened from a share link."""
+    if is_share_credential(token):
+        return share_service(request).resolve(token)
+    return auth_service(request).resolve(token)
+
+
 def throttle(request: Request) -> AddressThrottle:
     found: AddressThrottle | None = getattr(request.app.state, "throttle", None)
     if found is None:
@@ -100,7 +117,7 @@ def authenticate(request: Request) -> Principal:
     scheme, _, value = header.partition(" ")
     try:
         if scheme.lower() == "bearer" and value.strip():
-            principal, _ = service.resolve(value.strip())
+            principal, _ = _resolve(request, value.strip())
             return principal
         if scheme.lower() == "basic" and value.strip():
             if not services.settings.auth.allow_basic:
@@ -108,7 +125,7 @@ def authenticate(request: Request) -> Principal:
             return _basic(request, service, value.strip())
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            principal, csrf_digest = service.resolve(cookie)
+            principal, csrf_digest = _resolve(request, cookie)
             if request.method in _UNSAFE:
                 sent = request.headers.get(CSRF_HEADER, "")
                 valid = bool(sent) and csrf_digest is not None
@@ -151,6 +168,8 @@ def guard(prefix: str) -> Callable[[Request], None]:
             return
         principal = authenticate(request)
         request.state.principal = principal
+        if principal.share_id is not None and not share_route_allowed(request.method, template):
+            raise Problem(403, "a share link only opens its studies for viewing")
         if not principal.can(permission):
             raise Problem(403, f"your role ({principal.role}) does not allow this ({permission.value})")
         if not principal.all_studies:

@@ -15,6 +15,7 @@ from hilum.web.security import (
     auth_service,
     client_address,
     principal_of,
+    share_service,
     throttle,
 )
 
@@ -150,6 +151,8 @@ def logout(request: Request, response: Response) -> Response:
     principal = _caller(request)
     if principal.credential_id is not None and principal.via in ("session", "token"):
         auth_service(request).revoke(principal.credential_id, principal.user_id)
+    elif principal.credential_id is not None and principal.via == "share":
+        share_service(request).end_session(principal.credential_id)
     services: Services = request.app.state.services
     services.audit.user_authentication(principal.username, client_address(request), True, logout=True)
     response = Response(status_code=204)

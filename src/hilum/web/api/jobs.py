@@ -50,7 +50,7 @@ class JobProgress(BaseModel):
 
 class JobOut(BaseModel):
     id: int
-    kind: Kind
+    kind: Literal["store", "move", "share-copy"]  # share-copy: a de-identified share link's copies
     state: State
     study_instance_uids: list[str]
     series_instance_uid: str | None
