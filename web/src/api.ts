@@ -30,6 +30,16 @@ export interface Share {
 const CSRF_KEY = 'hilum.csrf';
 const SHARE_KEY = 'hilum.share';
 
+/** After single sign-on (a redirect), the server hands the CSRF token over in a
+ * short-lived readable cookie: keep it like a password login's and drop the cookie. */
+export function adoptCsrfCookie(): void {
+  const m = /(?:^|;\s*)hilum_csrf=([^;]+)/.exec(document.cookie);
+  if (!m) return;
+  localStorage.setItem(CSRF_KEY, decodeURIComponent(m[1]));
+  sessionStorage.removeItem(SHARE_KEY);
+  document.cookie = 'hilum_csrf=; Max-Age=0; Path=/; SameSite=Strict';
+}
+
 export const session = {
   me: null as Me | null,
   get csrf(): string | null {

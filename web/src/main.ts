@@ -1,5 +1,5 @@
 import './styles.css';
-import { fetchMe, session, setUnauthorizedHandler, describeError } from './api';
+import { adoptCsrfCookie, fetchMe, session, setUnauthorizedHandler, describeError } from './api';
 import { h, mount } from './dom';
 import { link, navigate, onNavigate, parse } from './router';
 import { renderLogin } from './pages/login';
@@ -62,5 +62,6 @@ async function render(): Promise<void> {
   }
 }
 
+adoptCsrfCookie();
 onNavigate(() => void render());
 void render();

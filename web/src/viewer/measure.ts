@@ -152,7 +152,7 @@ export class Measurements {
     if (this.restoring) return;
     this.dirty = value;
     this.viewer.toolbar.saveButton.classList.toggle('dirty', value);
-    this.viewer.toolbar.saveButton.textContent = value ? '💾 Save*' : '💾 Save';
+    this.viewer.toolbar.saveButton.textContent = value ? 'Save*' : 'Save';
   }
 
   /** The measurement tools' annotations on images of the current study. */

@@ -118,8 +118,9 @@ export function loadSeries(set: DisplaySet): Promise<DisplaySet> {
       return n && p.length === 3 ? p[0] * n[0] + p[1] * n[1] + p[2] * n[2] : NaN;
     };
     const positioned = n && images.every((i) => Number.isFinite(position(i)));
+    // Highest position first: axial stacks from head to feet, as radiologists read them.
     images.sort((a, b) => positioned
-      ? position(a) - position(b)
+      ? position(b) - position(a)
       : (num(a, TAG.InstanceNumber) ?? 0) - (num(b, TAG.InstanceNumber) ?? 0));
     set.instances = set.kind === 'image' ? images : instances;
     const origin = location.origin;

@@ -18,12 +18,12 @@ export const PRESETS: { key: string; label: string; width: number | null; center
 const TOOL_BUTTONS: { key: ToolKey; label: string; title: string; shortcut: string }[] = [
   { key: 'wl', label: '◐ W/L', title: 'Window/level: drag', shortcut: 'w' },
   { key: 'pan', label: '✥ Pan', title: 'Pan: drag', shortcut: 'p' },
-  { key: 'zoom', label: '🔍 Zoom', title: 'Zoom: drag', shortcut: 'z' },
+  { key: 'zoom', label: '⊕ Zoom', title: 'Zoom: drag', shortcut: 'z' },
   { key: 'scroll', label: '⇅ Scroll', title: 'Scroll the stack: drag', shortcut: 's' },
   { key: 'magnify', label: '⌕ Magnify', title: 'Magnifying glass: hold the button', shortcut: 'g' },
-  { key: 'length', label: '📏 Length', title: 'Length measurement (mm)', shortcut: 'l' },
+  { key: 'length', label: '↔ Length', title: 'Length measurement (mm)', shortcut: 'l' },
   { key: 'angle', label: '∠ Angle', title: 'Angle measurement', shortcut: 'a' },
-  { key: 'ellipse', label: '⬭ Ellipse', title: 'Elliptical ROI: area, mean, SD', shortcut: 'e' },
+  { key: 'ellipse', label: '◯ Ellipse', title: 'Elliptical ROI: area, mean, SD', shortcut: 'e' },
   { key: 'rectangle', label: '▭ Rect', title: 'Rectangle ROI: area, mean, SD', shortcut: 'b' },
   { key: 'probe', label: '⊙ Probe', title: 'Pixel value probe (HU on CT)', shortcut: 'o' },
   { key: 'arrow', label: '↗ Arrow', title: 'Arrow with text', shortcut: 'x' },
@@ -80,7 +80,7 @@ export class Toolbar {
     this.cineButton = h('button', { title: 'Cine play/pause (C)', onclick: () => viewer.toggleCine() }, '▶ Cine') as HTMLButtonElement;
     this.syncButton = h('button', { title: 'Synchronise scroll and W/L between viewports (Y)', onclick: () => this.toggleSync() }, '⇆ Sync') as HTMLButtonElement;
     this.mprButton = h('button', { title: 'MPR: axial, sagittal, coronal with crosshairs (M)', onclick: () => void viewer.toggleMpr() }, '⊞ MPR') as HTMLButtonElement;
-    this.saveButton = h('button', { title: 'Save measurements to the archive (Ctrl+S)', onclick: () => void viewer.measurements.save() }, '💾 Save') as HTMLButtonElement;
+    this.saveButton = h('button', { title: 'Save measurements to the archive (Ctrl+S)', onclick: () => void viewer.measurements.save() }, 'Save') as HTMLButtonElement;
     this.saveButton.hidden = !session.can('study.write');
     const sep = () => h('span.sep');
     this.el.append(

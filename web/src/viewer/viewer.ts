@@ -161,11 +161,11 @@ export class Viewer {
       priorBlocks);
   }
 
-  setLayout(name: string): void {
+  setLayout(name: string, assign?: (DisplaySet | null)[]): void {
     if (this.mpr) this.mpr.exit();
     const [rows, cols] = LAYOUTS[name] ?? [1, 1];
     this.layout = name;
-    const keep = this.cells.map((c) => c.set);
+    const keep = assign ?? this.cells.map((c) => c.set);
     this.teardownCells();
     this.grid.style.gridTemplateRows = `repeat(${rows}, minmax(0, 1fr))`;
     this.grid.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
@@ -375,14 +375,11 @@ export class Viewer {
     const priorSets = this.priors[0] ? this.priorSets.get(this.priors[0].uid) ?? [] : [];
     const match = first && priorSets.length ? matchingSeries(first, priorSets) : null;
     if (first && match && !wanted) {
-      this.setLayout('1x2');
-      void this.show(0, first);
-      void this.show(1, match);
       this.sync = true;
+      this.setLayout('1x2', [first, match]);
     } else {
-      this.setLayout('1x1');
-      if (first) void this.show(0, first);
-      else this.cells[0].el.appendChild(h('div.empty', 'This study has no series.'));
+      this.setLayout('1x1', [first ?? null]);
+      if (!first) this.cells[0].el.appendChild(h('div.empty', 'This study has no series.'));
     }
     this.toolbar.syncSync();
   }
