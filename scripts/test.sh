@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need (Python test extras; DCMTK and dicom3tools from
-# Debian when running as root) and run the whole test suite, on SQLite and on
+# Debian when running as root; Chromium for the web app's tests) and run the whole test suite, on SQLite and on
 # the PostgreSQL server at 127.0.0.1:5432. Extra arguments go to pytest
 # (HILUM_TEST_JOBS=1 runs the test files one after another).
 set -euo pipefail
@@ -11,6 +11,7 @@ need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # test certificates (TLS tests)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the web app's end-to-end tests (Playwright drives it)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -33,6 +34,8 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
 # The OpenID Connect provider the single sign-on tests run (Node 20+: panva/oidc-provider).
 npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+# The web app the end-to-end tests drive in headless Chromium (tests/test_webapp*.py).
+scripts/build-web.sh --required
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
 # Three test files at a time: most of the suite's time is real servers starting and
