@@ -130,13 +130,22 @@ class IngestService:
         committed_key: str | None = None
         parsed: ParsedInstance | None = None
         try:
-            header = read_header(staged)
-            parsed = parse_instance(header)
-            dicom_json = pack(
-                instance_json(
-                    header, parsed.study_instance_uid, parsed.series_instance_uid, parsed.sop_instance_uid
+            try:
+                header = read_header(staged)
+                parsed = parse_instance(header)
+                dicom_json = pack(
+                    instance_json(
+                        header, parsed.study_instance_uid, parsed.series_instance_uid, parsed.sop_instance_uid
+                    )
                 )
-            )
+            except IngestFailure:
+                raise
+            except Exception as exc:  # malformed input: pydicom raises many kinds of errors
+                LOG.debug("cannot parse %s", staged, exc_info=True)
+                raise IngestFailure(
+                    IngestStatus.CANNOT_UNDERSTAND,
+                    f"cannot parse the data set: {type(exc).__name__}: {str(exc)[:300]}",
+                ) from None
             del header
             warning = ""
             if affected_sop_instance_uid and affected_sop_instance_uid != parsed.sop_instance_uid:
