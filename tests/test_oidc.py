@@ -6,7 +6,7 @@ tests sign in the way a browser does: httpx follows Hilum's redirect to the
 provider, submits its login and consent forms, and follows the provider's
 redirect back to Hilum's callback, then uses the session it got. One provider
 and one `hilum serve` (two HTTP processes, so the two legs of a sign-on may
-reach different processes) serve the whole module.
+reach different processes) serve the whole module, once per index backend.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from conftest import RunningServer, free_port, hilum_env, start_server, stop_server
+from conftest import BACKENDS, RunningServer, backend_url, free_port, hilum_env, start_server, stop_server
 from factory import StudySpec, stow_study
 from hilum.config import Settings, load_settings
 
@@ -41,7 +41,11 @@ ROLE_MAPPING = {
     "pacs-referrers": "referring",
 }
 ACCOUNTS: dict[str, dict[str, Any]] = {
-    "u-alice": {"preferred_username": "alice", "name": "Alice Adams", "groups": ["pacs-radiologists", "neuro"]},
+    "u-alice": {
+        "preferred_username": "alice",
+        "name": "Alice Adams",
+        "groups": ["pacs-radiologists", "neuro"],
+    },
     "u-house": {
         "preferred_username": "house",
         "name": "Gregory House",
@@ -99,16 +103,21 @@ def _wait_for(process: subprocess.Popen[bytes], log: Path, marker: bytes, what: 
     raise AssertionError(f"{what} did not start:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     _npm_install()
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed (Node 20+ runs the test OIDC provider)")
-    tmp = tmp_path_factory.mktemp("oidc")
+    with backend_url(request.param) as database_url:
+        yield from _site(node, database_url, tmp_path_factory.mktemp("oidc"))
+
+
+def _site(node: str, database_url: str, tmp: Path) -> Iterator[Site]:
     settings = load_settings(
         None,
         data_dir=tmp / "data",
+        database_url=database_url,
         dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
         http={"port": free_port(), "workers": 2},
     )
@@ -463,6 +472,191 @@ def test_an_idp_error_answer_is_refused_and_audited(site: Site) -> None:
 
 
 def test_an_html_browser_sees_a_page_not_json(site: Site) -> None:
-    reply = httpx.get(f"{site.base}/api/v1/auth/oidc/callback?state=x&code=y", headers={"Accept": "text/html"})
+    reply = httpx.get(
+        f"{site.base}/api/v1/auth/oidc/callback?state=x&code=y", headers={"Accept": "text/html"}
+    )
     assert reply.status_code == 400
     assert "<h1>Sign-in refused</h1>" in reply.text
+
+
+# -- without a provider: SSO switched off, ID-token checks, claim mapping, settings ----------
+def test_with_sso_off_its_routes_answer_404(tmp_path: Path) -> None:
+    import asyncio
+
+    from hilum.app import build_services, prepare
+    from hilum.web.app import create_app
+
+    settings = load_settings(None, data_dir=tmp_path / "data", auth={"enabled": True})
+    prepare(settings)
+    services = build_services(settings)
+
+    async def calls() -> None:
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hilum") as client:
+            providers = await client.get("/api/v1/auth/providers")
+            assert providers.status_code == 200
+            assert providers.json()["password"] is True
+            assert providers.json()["oidc"]["enabled"] is False
+            assert (await client.get("/api/v1/auth/oidc/login")).status_code == 404
+            assert (await client.get("/api/v1/auth/oidc/callback?state=x&code=y")).status_code == 404
+
+    try:
+        asyncio.run(calls())
+    finally:
+        services.close()
+
+
+ISSUER = "https://idp.example.org/realms/hospital"
+
+
+def _oidc_settings(**overrides: Any) -> Any:
+    from hilum.auth.oidc.settings import OidcSettings
+
+    values: dict[str, Any] = {
+        "enabled": True,
+        "issuer": ISSUER,
+        "client_id": "hilum",
+        "client_secret": "s3cret",
+        "role_mapping": {"pacs-radiologists": "radiologist"},
+        **overrides,
+    }
+    return OidcSettings(**values)
+
+
+@dataclass
+class Keys:
+    signing: Any
+    client: Any  # OidcClient that trusts ``signing``
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    from joserfc.jwk import KeySet, RSAKey
+
+    from hilum.auth.oidc.client import OidcClient
+
+    signing = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    client = OidcClient(_oidc_settings())
+    client._metadata = {"issuer": ISSUER, "id_token_signing_alg_values_supported": ["RS256", "HS256", "none"]}
+    client._metadata_at = time.monotonic() + 10**6
+    client._keys = KeySet([RSAKey.import_key(signing.as_dict(private=False))])
+    return Keys(signing, client)
+
+
+def _id_token(key: Any, alg: str = "RS256", **changes: Any) -> str:
+    from joserfc import jwt
+
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": "u-1", "aud": "hilum", "exp": now + 300, "iat": now, "nonce": "n-1"}
+    claims.update(changes)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode({"alg": alg, "kid": "k1"}, claims, key)
+
+
+def test_a_valid_id_token_is_accepted(keys: Keys) -> None:
+    claims = keys.client.validate_id_token(_id_token(keys.signing), nonce="n-1")
+    assert claims["sub"] == "u-1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"iss": "https://other.example.org"}, "iss"),
+        ({"aud": "another-client"}, "aud"),
+        ({"aud": ["hilum", "another-client"]}, "azp"),
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"exp": None}, "exp"),
+        ({"sub": None}, "sub"),
+        ({"nonce": "n-2"}, "nonce"),
+        ({"nonce": None}, "nonce"),
+        ({"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}, "at_hash"),
+    ],
+)
+def test_an_id_token_with_wrong_claims_is_refused(keys: Keys, changes: dict[str, Any], expected: str) -> None:
+    from hilum.auth.oidc.client import OidcError
+
+    with pytest.raises(OidcError, match=expected):
+        keys.client.validate_id_token(_id_token(keys.signing, **changes), nonce="n-1", access_token="at")
+
+
+def test_an_id_token_signed_otherwise_is_refused(keys: Keys) -> None:
+    import base64
+
+    from joserfc.jwk import OctKey, RSAKey
+
+    from hilum.auth.oidc.client import OidcError
+
+    forger = RSAKey.generate_key(2048, parameters={"kid": "k1"})  # the same key id, another key
+    # HMAC with the client secret: refused whatever the IdP advertises.
+    secret = OctKey.import_key(b"a client secret of 32 characters")
+    payload = _id_token(keys.signing).split(".")[1]
+    unsigned = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode() + f".{payload}."
+    head, _, signature = _id_token(keys.signing).split(".")
+    altered = _id_token(keys.signing, sub="u-2").split(".")[1]
+    for token in (
+        _id_token(forger),
+        _id_token(secret, alg="HS256"),
+        unsigned,
+        f"{head}.{altered}.{signature}",  # claims changed after signing
+        "not a token",
+    ):
+        with pytest.raises(OidcError, match="signature"):
+            keys.client.validate_id_token(token, nonce="n-1")
+
+
+def test_claims_map_to_a_user() -> None:
+    from hilum.auth.oidc.claims import profile
+    from hilum.auth.oidc.client import OidcError
+
+    keycloak = _oidc_settings(
+        username_claim="preferred_username",
+        person_name_claim="dicom_pn",
+        groups_claim="groups",
+        role_claim="realm_access.roles",
+        role_mapping={"pacs-admin": "administrator", "pacs-radiologist": "radiologist"},
+    )
+    claims = {
+        "preferred_username": "jdoe",
+        "name": "Jane Doe",
+        "dicom_pn": "DOE^JANE",
+        "groups": ["/staff", "cardiology", "a,b", "x" * 65, "cardiology"],
+        "realm_access": {"roles": ["pacs-radiologist", "pacs-admin"]},
+    }
+    found = profile(keycloak, claims)
+    # The first role_mapping entry the user has wins (administrator before radiologist).
+    assert (found.username, found.role, found.person_name) == ("jdoe", "administrator", "DOE^JANE")
+    assert found.groups == ("/staff", "cardiology")  # no commas, at most 64 characters, once
+    # Not mapped: refused, or the default role.
+    with pytest.raises(OidcError, match="no Hilum role"):
+        profile(keycloak, {"preferred_username": "jdoe", "groups": ["other"]})
+    entra = _oidc_settings(default_role="referring", role_mapping={}, person_name_claim="")
+    found = profile(entra, {"preferred_username": "jdoe@hospital.example", "groups": "one-group"})
+    assert (found.role, found.groups, found.person_name) == ("referring", ("one-group",), None)
+    with pytest.raises(OidcError, match="not usable"):
+        profile(entra, {"preferred_username": "jane doe"})
+    with pytest.raises(OidcError, match="preferred_username"):
+        profile(entra, {"name": "no user name"})
+
+
+def test_settings_refuse_unsafe_or_useless_sso() -> None:
+    from hilum.config import ConfigError
+
+    def oidc(**values: Any) -> Any:
+        base = {"enabled": True, "issuer": ISSUER, "client_id": "hilum", "client_secret": "s",
+                "default_role": "referring"}
+        return load_settings(None, auth={"oidc": {**base, **values}}).auth.oidc
+
+    assert oidc().scopes == ["openid", "profile", "email"]
+    assert oidc(scopes=["profile", "groups"]).scopes == ["openid", "profile", "groups"]
+    assert oidc(issuer="http://localhost:8080/").issuer == "http://localhost:8080"
+    for bad, message in (
+        ({"issuer": "http://idp.example.org"}, "https"),
+        ({"client_secret": ""}, "client_secret"),
+        ({"default_role": "", "role_mapping": {}}, "role_mapping"),
+        ({"role_mapping": {"g": "superuser"}}, "role_mapping"),
+        ({"client_id": ""}, "client_id"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            oidc(**bad)
+    assert oidc(client_secret="", token_endpoint_auth_method="none").client_secret == ""
+    assert load_settings(None).auth.oidc.enabled is False

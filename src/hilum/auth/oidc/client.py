@@ -1,5 +1,10 @@
 """Talking to the OpenID Connect provider: discovery, authorization request,
-code exchange, ID-token validation and userinfo (authlib + joserfc).
+code exchange, ID-token validation and userinfo.
+
+The protocol pieces are authlib's (authorization request, PKCE S256, token
+request and client authentication, ID-token claim rules) and joserfc's (JWS
+signatures, JWKS); the HTTP calls are plain httpx (authlib's httpx integration
+is moving to another HTTP package).
 
 One :class:`OidcClient` per HTTP process; it caches the provider's metadata and
 signing keys (an ID token signed with a key it does not know makes it fetch the
@@ -17,7 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from authlib.integrations.httpx_client import OAuth2Client, OAuthError
+from authlib.oauth2.auth import ClientAuth
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from authlib.oidc.core import CodeIDToken
 from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
@@ -118,28 +125,23 @@ class OidcClient:
             self._keys = keys
         return keys
 
-    def _oauth(self, redirect_uri: str) -> OAuth2Client:
-        config = self.config
-        return OAuth2Client(
-            client_id=config.client_id,
-            client_secret=config.client_secret or None,
-            token_endpoint_auth_method=config.token_endpoint_auth_method,
-            scope=" ".join(config.scopes),
-            redirect_uri=redirect_uri,
-            code_challenge_method="S256",
-            timeout=config.timeout,
-            verify=config.ca_certificates or True,
-        )
-
     # -- the authorization code flow ---------------------------------------------------
     def authorization_url(self, *, redirect_uri: str, state: str, nonce: str, code_verifier: str) -> str:
         """Where to send the browser (OIDC Core 3.1.2.1, PKCE S256: RFC 7636)."""
         endpoint = self.metadata()["authorization_endpoint"]
-        with self._oauth(redirect_uri) as oauth:
-            url, _ = oauth.create_authorization_url(
-                endpoint, state=state, code_verifier=code_verifier, nonce=nonce
+        return str(
+            prepare_grant_uri(
+                endpoint,
+                client_id=self.config.client_id,
+                response_type="code",
+                redirect_uri=redirect_uri,
+                scope=self.config.scopes,
+                state=state,
+                nonce=nonce,
+                code_challenge=create_s256_code_challenge(code_verifier),
+                code_challenge_method="S256",
             )
-        return str(url)
+        )
 
     def check_response_issuer(self, iss: str | None) -> None:
         """RFC 9207: the authorization response names its issuer (mix-up attacks)."""
@@ -151,22 +153,35 @@ class OidcClient:
         if iss != self.config.issuer:
             raise OidcError("the answer came from another identity provider")
 
+    def _redeem(self, url: str, *, code: str, redirect_uri: str, code_verifier: str) -> dict[str, Any]:
+        """The token request (RFC 6749 4.1.3, RFC 7636 4.5) and its answer."""
+        config = self.config
+        body = prepare_token_request(
+            "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=code_verifier
+        )
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        client_auth = ClientAuth(config.client_id, config.client_secret, config.token_endpoint_auth_method)
+        url, headers, body = client_auth.prepare("POST", url, headers, body)
+        try:
+            with self._http() as http:
+                reply = http.post(url, content=body, headers=headers)
+            answer = reply.json()
+        except httpx.HTTPError as exc:
+            raise _unreachable(exc) from None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise OidcError(f"the identity provider's token endpoint answered {reply.status_code}", 502)
+        if reply.status_code != 200 or "error" in answer:
+            raise OidcError(f"the identity provider refused the code ({str(answer.get('error'))[:100]})")
+        return answer
+
     def exchange(self, *, code: str, redirect_uri: str, code_verifier: str, nonce: str) -> SignOn:
         """Redeem the code, validate the ID token, merge the userinfo claims."""
         metadata = self.metadata()
-        with self._oauth(redirect_uri) as oauth:
-            try:
-                token = oauth.fetch_token(
-                    metadata["token_endpoint"],
-                    grant_type="authorization_code",
-                    code=code,
-                    code_verifier=code_verifier,
-                    redirect_uri=redirect_uri,
-                )
-            except OAuthError as exc:
-                raise OidcError(f"the identity provider refused the code ({exc.error})") from None
-            except (httpx.HTTPError, ValueError) as exc:
-                raise _unreachable(exc) from None
+        token = self._redeem(
+            metadata["token_endpoint"], code=code, redirect_uri=redirect_uri, code_verifier=code_verifier
+        )
         id_token = token.get("id_token")
         if not isinstance(id_token, str):
             raise OidcError("the identity provider sent no ID token (is the 'openid' scope allowed?)")
@@ -187,6 +202,8 @@ class OidcClient:
         Checks the signature against the provider's keys (asymmetric algorithms only),
         iss, aud (and azp), exp, iat, nonce, and at_hash when present.
         """
+        if not nonce:
+            raise OidcError("no nonce to check the ID token against")
         advertised = self.metadata().get("id_token_signing_alg_values_supported") or ["RS256"]
         algorithms = [a for a in advertised if a in ASYMMETRIC_ALGORITHMS]
         registry = JWSRegistry(algorithms=algorithms)
@@ -211,8 +228,6 @@ class OidcClient:
             claims.validate(leeway=CLOCK_LEEWAY)
         except JoseError as exc:
             raise OidcError(f"the ID token is not valid: {exc.description or exc.error}") from None
-        if not nonce:
-            raise OidcError("no nonce to check the ID token against")
         return dict(claims)
 
     def _userinfo(self, url: str, access_token: str, subject: Any) -> dict[str, Any]:
