@@ -502,6 +502,18 @@ def test_deidentified_link_serves_no_identifying_value(site: Site) -> None:
     described = _ready(site, created["id"])
     assert described["status"] == "active" and described["ready"], described
     [pair] = described["copies"]
+    job = httpx.get(
+        f"{site.base}/api/v1/jobs/{described['job_id']}", headers=site.as_("administrator")
+    ).json()
+    assert (
+        job["kind"] == "share-copy"
+        and job["state"] == "succeeded"
+        and job["progress"]["done"] == len(site.own)
+    )
+    listed = httpx.get(
+        f"{site.base}/api/v1/jobs", params={"kind": "share-copy"}, headers=site.as_("technologist")
+    )
+    assert listed.status_code == 200 and described["job_id"] in [j["id"] for j in listed.json()]
     copy = pair["copy"]
     assert pair["source"] == original.StudyInstanceUID and copy != original.StudyInstanceUID
     with httpx.Client(base_url=site.base, timeout=60) as browser:

@@ -23,6 +23,8 @@ router = APIRouter()
 UID = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Kind = Literal["store", "move"]
+# Listed kinds: also the jobs Hilum queues itself (share-copy: a de-identified share link's copies).
+AnyKind = Literal["store", "move", "share-copy"]
 
 
 class JobRequest(BaseModel):
@@ -50,7 +52,7 @@ class JobProgress(BaseModel):
 
 class JobOut(BaseModel):
     id: int
-    kind: Literal["store", "move", "share-copy"]  # share-copy: a de-identified share link's copies
+    kind: AnyKind
     state: State
     study_instance_uids: list[str]
     series_instance_uid: str | None
@@ -111,7 +113,7 @@ def create_job(body: JobRequest, request: Request, response: Response, services:
 def list_jobs(
     services: ServicesDep,
     state: State | None = None,
-    kind: Kind | None = None,
+    kind: AnyKind | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[JobOut]:
