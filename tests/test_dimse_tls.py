@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -251,3 +252,71 @@ def test_unusable_certificate_stops_serve(settings: Settings, tmp_path: Path, pk
     assert result.returncode == 1, result.stdout + result.stderr
     assert "dicom.tls_certificate / dicom.tls_private_key" in result.stderr, result.stderr
     assert "cannot use certificate" in result.stderr, result.stderr
+
+
+def test_storage_commitment_over_tls(tls_server: TlsServer, tmp_path: Path) -> None:
+    """N-ACTION over TLS to Hilum's TLS port; the N-EVENT-REPORT comes back over TLS, with
+    Hilum's client certificate, to a remote AE with tls = true (PS3.15 B.9)."""
+    import queue
+    import ssl
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel
+
+    pki, server = tls_server.pki, tls_server.server
+    files = write_study(StudySpec(patient_id="PAT-TLSCOMMIT", slices=2), tmp_path / "in")
+    stored = dcmtk("storescu", "-aet", "TLSCOMMIT", *dcmtk_tls(pki), *tls_server.args(), *map(str, files))
+    assert stored.returncode == 0, stored.stdout + stored.stderr
+
+    reports: queue.Queue[tuple[int, Dataset, bool]] = queue.Queue()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        sock = event.assoc.dul.socket.socket
+        reports.put((int(event.event_type), event.event_information, isinstance(sock, ssl.SSLSocket)))
+        return 0x0000, None
+
+    # the committing SCU listens over TLS and demands Hilum's client certificate
+    listen = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    listen.verify_mode = ssl.CERT_REQUIRED
+    listen.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    port = free_port()
+    ae = AE(ae_title="TLSCOMMIT")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(StorageCommitmentPushModel)
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    listener = ae.start_server(("127.0.0.1", port), block=False, ssl_context=listen,
+                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        server.hilum("ae", "add", "tlscommit", "TLSCOMMIT", "127.0.0.1", str(port), "--tls")
+        connect = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+        connect.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        info = Dataset()
+        info.TransactionUID = generate_uid()
+        info.ReferencedSOPSequence = []
+        for path in files:
+            item = Dataset()
+            item.ReferencedSOPClassUID = CTImageStorage
+            item.ReferencedSOPInstanceUID = path.stem
+            info.ReferencedSOPSequence.append(item)
+
+        def request() -> int:
+            assoc = ae.associate("127.0.0.1", tls_server.tls_port, ae_title=server.ae_title,
+                                 tls_args=(connect, "localhost"))
+            assert assoc.is_established
+            try:
+                status, _ = assoc.send_n_action(info, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+            finally:
+                assoc.release()
+            assert status
+            return int(status.Status)
+
+        # the remote AE table is re-read within a few seconds of `hilum ae add`
+        wait_for(lambda: request() == 0x0000, timeout=20, what="the N-ACTION to be accepted")
+        event_type, report, over_tls = reports.get(timeout=30)
+    finally:
+        listener.shutdown()
+    assert over_tls, "the report did not come over TLS"
+    assert event_type == 1  # all committed
+    assert {str(i.ReferencedSOPInstanceUID) for i in report.ReferencedSOPSequence} == {p.stem for p in files}

@@ -20,6 +20,7 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from sqlalchemy import insert, select, update
 
+from hilum.dimse.scu import Scu
 from hilum.index.models import Instance, commitments_t
 from hilum.storage.base import StorageError
 
@@ -165,8 +166,11 @@ class CommitmentService:
         ae = AE(ae_title=self.services.settings.dicom.ae_title)
         ae.add_requested_context(StorageCommitmentPushModel)
         role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+        # over DICOM TLS to a remote AE with tls = true, with Hilum's client certificate
+        tls_args = Scu.from_settings(self.services.settings.dicom).tls_args(node)
         for attempt in range(3):
-            assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=[role])
+            assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=[role],
+                                 tls_args=tls_args)
             if assoc.is_established:
                 try:
                     status, _ = assoc.send_n_event_report(
