@@ -149,7 +149,9 @@ def compressed(datasets: Iterable[Dataset], syntax: str) -> list[Dataset]:
         copy = deepcopy(ds)
         copy.SeriesInstanceUID = series_uid
         copy.SeriesNumber = {JPEG2000Lossless: 20, JPEGLSLossless: 21, RLELossless: 22}.get(syntax, 23)
-        copy.SeriesDescription = {JPEG2000Lossless: "J2K", JPEGLSLossless: "JPEG-LS", RLELossless: "RLE"}[syntax]
+        copy.SeriesDescription = {JPEG2000Lossless: "J2K", JPEGLSLossless: "JPEG-LS", RLELossless: "RLE"}[
+            syntax
+        ]
         copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         copy.compress(syntax, generate_instance_uid=False)
         out.append(copy)
@@ -174,7 +176,11 @@ def sr_document(spec: CtSpec, text: str = "No acute findings.") -> Dataset:
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "UNVERIFIED"
     title = Dataset()
-    title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = "18748-4", "LN", "Diagnostic imaging report"
+    title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = (
+        "18748-4",
+        "LN",
+        "Diagnostic imaging report",
+    )
     ds.ConceptNameCodeSequence = [title]
     finding = Dataset()
     finding.RelationshipType = "CONTAINS"
@@ -253,7 +259,7 @@ def multiframe_us(spec: CtSpec, frames: int = 12, size: int = 128) -> Dataset:
     for f in range(frames):
         cx = size * (0.2 + 0.6 * f / max(1, frames - 1))
         data[f][(xx - cx) ** 2 + (yy - size / 2) ** 2 < (size / 8) ** 2] = 220
-        data[f] += (np.arange(size, dtype=np.uint8)[None, :] // 4)
+        data[f] += np.arange(size, dtype=np.uint8)[None, :] // 4
     ds.PixelData = data.tobytes()
     return ds
 
@@ -271,7 +277,10 @@ def stow(base: str, datasets: Iterable[Dataset], headers: dict[str, str] | None 
         reply = httpx.post(
             f"{base}/dicomweb/studies",
             content=body,
-            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B', **(headers or {})},
+            headers={
+                "Content-Type": 'multipart/related; type="application/dicom"; boundary=B',
+                **(headers or {}),
+            },
             timeout=120,
         )
         assert reply.status_code == 200, reply.text

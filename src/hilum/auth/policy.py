@@ -107,6 +107,9 @@ ROUTES: list[Rule] = [
     _rule("GET HEAD", r"/dicomweb/.*", Perm.STUDY_READ),
     _rule("GET HEAD", _RESOURCES + r"/\{[a-z_]+\}/archive", Perm.STUDY_EXPORT),
     _rule("GET POST DELETE", r"/api/v1/studies/\{study_uid\}/grants(/.*)?", Perm.STUDY_GRANT),
+    # The viewer's measurements, stored as DICOM SR (web/api/annotations.py).
+    _rule("GET HEAD", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_READ),
+    _rule("POST", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_WRITE),
     _rule("GET HEAD", _RESOURCES + r"(/.*)?", Perm.STUDY_READ),
     _rule("DELETE", _RESOURCES + r"/.*", Perm.STUDY_DELETE),
     _rule("GET", r"/api/v1/changes", Perm.CHANGES_READ),
