@@ -480,30 +480,39 @@ def test_an_html_browser_sees_a_page_not_json(site: Site) -> None:
 
 
 # -- without a provider: SSO switched off, ID-token checks, claim mapping, settings ----------
-def test_with_sso_off_its_routes_answer_404(tmp_path: Path) -> None:
+def test_with_sso_off_its_routes_answer_404_and_an_unreachable_idp_502(tmp_path: Path) -> None:
     import asyncio
 
     from hilum.app import build_services, prepare
     from hilum.web.app import create_app
 
-    settings = load_settings(None, data_dir=tmp_path / "data", auth={"enabled": True})
-    prepare(settings)
-    services = build_services(settings)
+    async def calls(auth: dict[str, Any], *checks: tuple[str, int]) -> dict[str, Any]:
+        settings = load_settings(None, data_dir=tmp_path / "data", auth=auth)
+        prepare(settings)
+        services = build_services(settings)
+        try:
+            transport = httpx.ASGITransport(app=create_app(services))
+            async with httpx.AsyncClient(transport=transport, base_url="http://hilum") as client:
+                for path, status in checks:
+                    reply = await client.get(path)
+                    assert reply.status_code == status, (path, reply.text)
+                return dict((await client.get("/api/v1/auth/providers")).json())
+        finally:
+            services.close()
 
-    async def calls() -> None:
-        transport = httpx.ASGITransport(app=create_app(services))
-        async with httpx.AsyncClient(transport=transport, base_url="http://hilum") as client:
-            providers = await client.get("/api/v1/auth/providers")
-            assert providers.status_code == 200
-            assert providers.json()["password"] is True
-            assert providers.json()["oidc"]["enabled"] is False
-            assert (await client.get("/api/v1/auth/oidc/login")).status_code == 404
-            assert (await client.get("/api/v1/auth/oidc/callback?state=x&code=y")).status_code == 404
-
-    try:
-        asyncio.run(calls())
-    finally:
-        services.close()
+    login, callback = "/api/v1/auth/oidc/login", "/api/v1/auth/oidc/callback?state=x&code=y"
+    off = asyncio.run(calls({"enabled": True}, (login, 404), (callback, 404)))
+    assert off["password"] is True
+    assert off["oidc"]["enabled"] is False
+    unreachable = {
+        "enabled": True,
+        "issuer": f"http://127.0.0.1:{free_port()}",
+        "client_id": "hilum",
+        "client_secret": "s",
+        "default_role": "referring",
+    }
+    on = asyncio.run(calls({"enabled": True, "oidc": unreachable}, (login, 502), (callback, 400)))
+    assert on["oidc"]["enabled"] is True
 
 
 ISSUER = "https://idp.example.org/realms/hospital"

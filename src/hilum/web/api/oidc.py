@@ -120,7 +120,7 @@ def oidc_login(
     services: Services = request.app.state.services
     target = safe_next(next)
     if target is None:
-        raise Problem(400, "next must be a path on this server, such as /studies")
+        return _refused(request, OidcError("next must be a path on this server, such as /studies", 400))
     client = oidc_client(request)
     redirect_uri = _redirect_uri(request, services, config)
     try:
@@ -133,7 +133,8 @@ def oidc_login(
             code_verifier=pending.code_verifier,
         )
     except OidcError as exc:
-        raise Problem(exc.status, str(exc)) from None
+        LOG.warning("single sign-on cannot start: %s", exc)
+        return _refused(request, exc)
     response = RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
     # Lax, not Strict: the provider's redirect back is a cross-site top-level navigation.
     response.set_cookie(
@@ -181,10 +182,10 @@ def oidc_callback(
             )
         if not state or not hmac.compare_digest(state.encode(), pending.state.encode()):
             raise OidcError("the answer is not for the sign-on this browser started (state)", 400)
+        client.check_response_issuer(iss)  # error answers too (RFC 9207 2.4)
         if error:
             described = f": {error_description[:300]}" if error_description else ""
             raise OidcError(f"the identity provider refused ({error[:100]}{described})")
-        client.check_response_issuer(iss)
         if not code:
             raise OidcError("the identity provider sent no authorization code", 400)
         sign_on = client.exchange(
@@ -238,7 +239,8 @@ def oidc_callback(
 
 
 def _refused(request: Request, exc: OidcError) -> Response:
-    """A refused sign-on: problem details, or a short page for a browser."""
+    """A refused sign-on: problem details, or a short page for a browser (which came
+    here by a redirect and would otherwise show raw JSON)."""
     response: Response
     if "text/html" in request.headers.get("accept", ""):
         message = html.escape(str(exc))
