@@ -25,6 +25,7 @@ from hilum.auth.service import Principal
 from hilum.index.models import studies_t
 from hilum.shares.audit import share_changed, share_opened
 from hilum.shares.service import ShareError, actor
+from hilum.web.api.auth import secure_cookie
 from hilum.web.problems import Problem
 from hilum.web.security import SESSION_COOKIE, client_address, principal_of, share_service, throttle
 
@@ -286,7 +287,7 @@ def open_share(request: Request, response: Response, body: OpenShare) -> OpenedS
                            expires_in=expires_in)
     response.set_cookie(
         SESSION_COOKIE, opened.token, max_age=max(expires_in, 1), httponly=True, samesite="strict",
-        secure=_secure(request, services), path="/",
+        secure=secure_cookie(request, services), path="/",
     )
     return OpenedShare(**view.model_dump(), csrf_token=opened.csrf, expires_in=expires_in)
 
@@ -300,12 +301,3 @@ def _session_view(services: Services, row: dict[str, Any], expires_at: datetime 
         deidentified=row["deidentified"], allow_download=row["allow_download"], ready=row["ready"],
         status=row["status"],
     )
-
-
-def _secure(request: Request, services: Services) -> bool:
-    mode = services.settings.auth.cookie_secure
-    if mode == "always":
-        return True
-    if mode == "never":
-        return False
-    return request.url.scheme == "https" or services.settings.http.public_url.startswith("https:")
