@@ -669,3 +669,34 @@ def test_settings_refuse_unsafe_or_useless_sso() -> None:
             oidc(**bad)
     assert oidc(client_secret="", token_endpoint_auth_method="none").client_secret == ""
     assert load_settings(None).auth.oidc.enabled is False
+
+
+def test_a_rotated_signing_key_is_fetched_once() -> None:
+    from joserfc import jwt
+    from joserfc.jwk import KeySet, RSAKey
+
+    from hilum.auth.oidc.client import OidcClient, OidcError
+
+    old = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    new = RSAKey.generate_key(2048, parameters={"kid": "k2"})
+    client = OidcClient(_oidc_settings())
+    client._metadata = {"issuer": ISSUER, "jwks_uri": f"{ISSUER}/certs"}
+    client._metadata_at = time.monotonic() + 10**6
+    client._keys = KeySet([old])
+    fetched: list[str] = []
+
+    def published(url: str) -> dict[str, Any]:
+        fetched.append(url)
+        return {"keys": [new.as_dict(private=False)]}
+
+    client._get_json = published  # type: ignore[method-assign]
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": "u-1", "aud": "hilum", "exp": now + 300, "iat": now, "nonce": "n-1"}
+    token = jwt.encode({"alg": "RS256", "kid": "k2"}, claims, new)
+    assert client.validate_id_token(token, nonce="n-1")["sub"] == "u-1"
+    assert fetched == [f"{ISSUER}/certs"]
+    # A key the IdP does not publish stays refused (one fetch per attempt, no loop).
+    stranger = jwt.encode({"alg": "RS256", "kid": "k3"}, claims, RSAKey.generate_key(2048))
+    with pytest.raises(OidcError, match="signature"):
+        client.validate_id_token(stranger, nonce="n-1")
+    assert len(fetched) == 2
