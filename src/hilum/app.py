@@ -20,7 +20,7 @@ from hilum.index.nodes import RemoteNodes
 from hilum.index.writer import IndexWriter
 from hilum.ingest.service import IngestService
 from hilum.storage.base import StorageArea
-from hilum.storage.filesystem import FilesystemStorage
+from hilum.storage.factory import open_storage
 
 LOG = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def prepare(settings: Settings, *, recover: bool = False) -> None:
     """One-time start-up work: directories and schema; with ``recover`` (only
     `hilum serve`, holding the DataDirLock), remove interrupted transfers."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = FilesystemStorage(settings.storage_dir)
+    # Unusable encryption settings (no key, wrong key) stop here, before anything runs.
+    storage = open_storage(settings, startup=True)
     if recover:
         removed = storage.recover()
         if removed:
@@ -106,7 +107,7 @@ def _application_stopped(settings: Settings) -> None:
 def build_services(settings: Settings) -> Services:
     """Build everything a process needs. Call :func:`prepare` once before."""
     engine = make_engine(settings.index_url)
-    storage = FilesystemStorage(settings.storage_dir)
+    storage = open_storage(settings)
     events = EventBus()
     writer = IndexWriter(engine, storage)
     ingest = IngestService(

@@ -31,6 +31,7 @@ from hilum.audit.settings import AuditSettings
 from hilum.auth.oidc.settings import OidcSettings
 from hilum.jobs.settings import JobSettings
 from hilum.shares.settings import ShareSettings
+from hilum.storage.settings import StorageSettings
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE VR, no backslash
 
@@ -201,6 +202,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     shares: ShareSettings = Field(default_factory=ShareSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     # Set by load_settings() from --config; not a key of its own.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,16 @@ class StorageError(Exception):
 
 class ObjectNotFound(StorageError):
     pass
+
+
+class StorageIntegrityError(StorageError):
+    """A stored object failed its integrity check (encrypted at rest: altered, damaged or
+    truncated data, or a wrong key). Never answered with the bytes: a DIMSE failure
+    status, an HTTP 500 problem, an aborted transfer."""
+
+
+class StorageKeyError(StorageIntegrityError):
+    """A stored object is encrypted under a master key this process was not given."""
 
 
 class StorageArea(Protocol):
@@ -81,3 +91,42 @@ class StorageArea(Protocol):
         ...
 
 
+
+
+class StoredFile:
+    """A stored object read through its storage area, for backends that give no local
+    path (encrypted at rest, object storage). Has the reading methods of a ``Path`` that
+    the DICOM readers use (``open("rb")``, ``read_bytes``, ``exists``)."""
+
+    __slots__ = ("key", "storage")
+
+    def __init__(self, storage: StorageArea, key: str) -> None:
+        self.storage = storage
+        self.key = key
+
+    def open(self, mode: Literal["rb"] = "rb") -> BinaryIO:
+        return self.storage.open(self.key)
+
+    def read_bytes(self) -> bytes:
+        with self.open() as handle:
+            return handle.read()
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.key)
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def __repr__(self) -> str:
+        return f"StoredFile({self.key!r})"
+
+
+# What the DICOM readers take: a local file, or a stored object read through its area.
+Source = Path | StoredFile
+
+
+def readable(storage: StorageArea, key: str) -> Source:
+    """The stored object as a local path if the area has one, else read through the area."""
+    path = storage.local_path(key)
+    return path if path is not None else StoredFile(storage, key)

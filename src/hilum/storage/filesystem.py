@@ -25,10 +25,24 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hilum.storage.base import CommitReceipt, ObjectNotFound, StorageError, StoredObject
+from hilum.storage.base import (
+    CommitReceipt,
+    ObjectNotFound,
+    StorageError,
+    StorageKeyError,
+    StoredObject,
+)
+from hilum.storage.crypto import MAGIC as ENCRYPTED_MAGIC
 
 _STAGING = ".staging"
 _CHUNK = 1 << 20
+
+
+def _no_key(key: str) -> StorageKeyError:
+    return StorageKeyError(
+        f"stored file {key} is encrypted at rest, and no master key is configured "
+        "(storage.encryption.key_file or key_env)"
+    )
 
 
 def _load_syncfs() -> Any:
@@ -109,9 +123,14 @@ class FilesystemStorage:
     # -- reading -----------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
         try:
-            return self._path(key).open("rb")
+            handle = self._path(key).open("rb")
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        # peek fills the buffer the first read uses anyway: no extra system call.
+        if handle.peek(len(ENCRYPTED_MAGIC))[: len(ENCRYPTED_MAGIC)] == ENCRYPTED_MAGIC:
+            handle.close()
+            raise _no_key(key)
+        return handle
 
     def open_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
         with self.open(key) as handle:
@@ -125,7 +144,15 @@ class FilesystemStorage:
                 yield chunk
 
     def local_path(self, key: str) -> Path | None:
-        return self._path(key)
+        path = self._path(key)
+        try:
+            with path.open("rb") as handle:
+                encrypted = handle.read(len(ENCRYPTED_MAGIC)) == ENCRYPTED_MAGIC
+        except FileNotFoundError:
+            return path  # the caller reports it missing
+        # An encrypted file has no usable local path: readers go through open(), which
+        # refuses it loudly instead of handing out ciphertext as DICOM.
+        return None if encrypted else path
 
     def delete(self, key: str) -> None:
         try:
@@ -147,6 +174,8 @@ class FilesystemStorage:
         for dirpath, dirnames, filenames in os.walk(self.root):
             if dirpath == str(self.root):
                 dirnames[:] = [d for d in dirnames if d != _STAGING]
+                # Keys never start with "." (see _path): dot files here are the area's own.
+                filenames = [f for f in filenames if not f.startswith(".")]
             rel = os.path.relpath(dirpath, self.root)
             for name in filenames:
                 yield name if rel == "." else f"{rel}/{name}"
