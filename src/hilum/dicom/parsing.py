@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -29,6 +28,7 @@ from hilum.domain.attributes import (
     normalize_time,
 )
 from hilum.domain.errors import IngestFailure, IngestStatus
+from hilum.storage.base import Source
 
 _STORED_TAGS = {
     level: [(BaseTag(attr.tag), attr.column, attr.vr) for attr in attrs]
@@ -66,7 +66,7 @@ class ParsedInstance:
         return self.values[Level.IMAGE]
 
 
-def read_header(path: Path) -> Dataset:
+def read_header(path: Source) -> Dataset:
     """Parse a Part 10 file's meta and dataset header; raise IngestFailure if it isn't one."""
     try:
         with path.open("rb") as handle:
@@ -90,7 +90,7 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
-def _inflated_size(path: Path) -> int:
+def _inflated_size(path: Source) -> int:
     """The size of a deflated data set once inflated; IngestFailure if the stream is cut short."""
     with path.open("rb") as handle:
         read_preamble(handle, False)

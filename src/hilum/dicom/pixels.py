@@ -37,6 +37,7 @@ from pydicom.uid import (
 )
 
 from hilum.dicom.filemeta import IMPLEMENTATION_CLASS_UID
+from hilum.storage.base import Source
 
 HTJ2K_LOSSLESS = UID("1.2.840.10008.1.2.4.201")
 HTJ2K_LOSSLESS_RPCL = UID("1.2.840.10008.1.2.4.202")
@@ -108,7 +109,7 @@ class PixelInfo:
         return self.rows * self.columns * self.samples * self.bits_allocated // 8
 
 
-def pixel_info(path: Path) -> PixelInfo:
+def pixel_info(path: Source) -> PixelInfo:
     """Where the pixel data is and how it is laid out; NotTranscodable if there is none."""
     with path.open("rb") as handle:
         ds = dcmread(handle, defer_size=256, stop_before_pixels=False)
@@ -136,7 +137,7 @@ def pixel_info(path: Path) -> PixelInfo:
     )
 
 
-def stored_frame(path: Path, info: PixelInfo, index: int) -> bytes:
+def stored_frame(path: Source, info: PixelInfo, index: int) -> bytes:
     """Frame ``index`` (0-based) exactly as stored (compressed, or native bytes)."""
     if not 0 <= index < info.frames:
         raise IndexError(index)
@@ -162,12 +163,15 @@ def stored_frame(path: Path, info: PixelInfo, index: int) -> bytes:
     return data
 
 
-def decoded_frame(path: Path, index: int) -> np.ndarray:
+def decoded_frame(path: Source, index: int) -> np.ndarray:
     """Frame ``index`` decoded to an array (color as RGB)."""
-    return pixel_array(str(path), index=index)
+    if isinstance(path, Path):
+        return pixel_array(str(path), index=index)
+    with path.open("rb") as handle:  # read through the storage area (e.g. encrypted at rest)
+        return pixel_array(handle, index=index)
 
 
-def native_frame(path: Path, info: PixelInfo, index: int) -> bytes:
+def native_frame(path: Source, info: PixelInfo, index: int) -> bytes:
     """Frame ``index`` as uncompressed little endian bytes."""
     if not info.encapsulated:
         return stored_frame(path, info, index)
@@ -253,7 +257,7 @@ ENCODERS: dict[str, Callable[[np.ndarray, PixelInfo], bytes]] = {
 }
 
 
-def frame_in(path: Path, info: PixelInfo, index: int, ts: str) -> bytes:
+def frame_in(path: Source, info: PixelInfo, index: int, ts: str) -> bytes:
     """Frame ``index`` in transfer syntax ``ts`` ("*" = as stored)."""
     if ts in ("*", info.transfer_syntax):
         return stored_frame(path, info, index)
@@ -268,7 +272,7 @@ def frame_in(path: Path, info: PixelInfo, index: int, ts: str) -> bytes:
 
 
 # -- whole instances ----------------------------------------------------------------
-def transcode_instance(path: Path, ts: str) -> bytes:
+def transcode_instance(path: Source, ts: str) -> bytes:
     """The stored Part 10 file re-encoded in transfer syntax ``ts`` (the whole object in memory)."""
     target = UID(ts)
     with path.open("rb") as handle:

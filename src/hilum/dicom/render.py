@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from hilum.dicom.pixels import NotTranscodable, decoded_frame
+from hilum.storage.base import Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +70,13 @@ def _first(value: object) -> float | None:
     return float(value)  # type: ignore[arg-type]
 
 
-def _header(path: Path) -> Dataset:
+def _header(path: Source) -> Dataset:
     with path.open("rb") as handle:
         return dcmread(handle, stop_before_pixels=True)
 
 
 def render(
-    path: Path,
+    path: Source,
     frame: int,
     *,
     media_type: str = "image/jpeg",

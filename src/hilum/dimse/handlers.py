@@ -13,7 +13,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
@@ -35,8 +35,10 @@ from hilum.dimse.identifiers import (
     response_identifier,
 )
 from hilum.dimse.scu import Scu
+from hilum.dimse.stored_send import abort_broken_send, sendable
 from hilum.domain.errors import IngestFailure, InvalidQuery
 from hilum.index.search import StoredInstance, matching_instances, search
+from hilum.storage.base import StorageError, StorageIntegrityError, readable
 
 LOG = logging.getLogger(__name__)
 
@@ -219,12 +221,18 @@ class DimseHandlers:
         """The stored dataset, in a transfer syntax the peer accepted (decompressed if need be)."""
         syntaxes = accepted.get(instance.sop_class_uid, set())
         stored_ts = instance.transfer_syntax_uid
-        if stored_ts in syntaxes:
-            unchanged = self._stored_file(instance)
-            if unchanged is not None:
-                return unchanged
-        with self.services.storage.open(instance.storage_key) as handle:
-            ds = dcmread(handle)
+        try:
+            if stored_ts in syntaxes:
+                unchanged = self._stored_file(instance)
+                if unchanged is not None:
+                    return unchanged
+            with self.services.storage.open(instance.storage_key) as handle:
+                ds = dcmread(handle)
+        except StorageIntegrityError as exc:
+            # Encrypted at rest and failing its check (wrong key, altered data): this
+            # sub-operation fails, its UID in the Failed SOP Instance UID List.
+            LOG.error("cannot send %s: %s", instance.sop_instance_uid, exc)
+            return _failing_stand_in(instance, exc)
         if stored_ts in syntaxes or not syntaxes:
             return ds
         if UID(stored_ts).is_compressed and syntaxes & {str(u) for u in _UNCOMPRESSED}:
@@ -245,11 +253,13 @@ class DimseHandlers:
         Re-encoding with pydicom is not byte-preserving (group lengths dropped,
         UN values converted) and fails on some valid files.
         """
-        path = self.services.storage.local_path(instance.storage_key)
-        if path is None:
-            return None
+        source = readable(self.services.storage, instance.storage_key)
         try:
-            meta = read_file_meta_info(path)
+            with source.open("rb") as handle:
+                read_preamble(handle, False)
+                meta = _read_file_meta_info(handle)
+        except StorageIntegrityError:
+            raise
         except Exception:
             return None
         if (
@@ -261,8 +271,17 @@ class DimseHandlers:
         ds = Dataset()
         ds.SOPClassUID = instance.sop_class_uid
         ds.SOPInstanceUID = instance.sop_instance_uid
-        ds.hilum_stored_path = path
+        ds.hilum_stored_path = source
         return ds
+
+
+def _failing_stand_in(instance: StoredInstance, exc: Exception) -> Dataset:
+    """A stand-in whose C-STORE sub-operation fails (before anything is sent) with ``exc``."""
+    ds = Dataset()
+    ds.SOPClassUID = instance.sop_class_uid
+    ds.SOPInstanceUID = instance.sop_instance_uid
+    ds.hilum_send_failure = exc
+    return ds
 
 
 def _send_files_unchanged(assoc: Association) -> None:
@@ -270,14 +289,27 @@ def _send_files_unchanged(assoc: Association) -> None:
 
     pynetdicom's C-GET/C-MOVE only pass Datasets to ``send_c_store``, which
     itself sends a file path's data set bytes untouched (STORE_SEND_CHUNKED_DATASET).
+    A stored object without a local path is sent through :func:`sendable`.
     """
     if getattr(assoc, "_hilum_sends_files", False):
         return
     send = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
-        path = getattr(dataset, "hilum_stored_path", None)
-        return send(path if path is not None else dataset, *args, **kwargs)
+        failure = getattr(dataset, "hilum_send_failure", None)
+        if failure is not None:
+            raise failure  # pynetdicom counts a failed sub-operation
+        source = getattr(dataset, "hilum_stored_path", None)
+        if source is None:
+            return send(dataset, *args, **kwargs)
+        # A local file as is; a stored object without one (encrypted at rest) through
+        # a virtual path read by the storage area (dimse/stored_send.py).
+        with sendable(source) as path:
+            try:
+                return send(path, *args, **kwargs)
+            except StorageError:
+                abort_broken_send(assoc)
+                raise
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
     assoc._hilum_sends_files = True  # type: ignore[attr-defined]

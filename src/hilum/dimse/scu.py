@@ -26,9 +26,11 @@ from pynetdicom.sop_class import (
 )
 
 from hilum.config import DicomSettings, RemoteAE, validate_ae_title
+from hilum.dimse.stored_send import abort_broken_send, open_sendable, sendable_size
 from hilum.dimse.tls import client_context, default_client_context
 from hilum.dimse.tuning import apply_pynetdicom_tuning
 from hilum.domain.errors import HilumError
+from hilum.storage.base import StorageError
 
 _ADDRESS = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -143,7 +145,8 @@ class Scu:
         report = StoreReport()
         for path in paths:
             try:
-                meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+                with open_sendable(path) as handle:  # a file, or a stored object (stored_send.py)
+                    meta = dcmread(handle, stop_before_pixels=True, specific_tags=["SOPClassUID"])
                 headers.append((path, str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)))
             except Exception as exc:
                 report.failed.append((str(path), f"not readable as DICOM: {exc}"))
@@ -163,11 +166,15 @@ class Scu:
         assoc = self._associate(ae, remote, contexts=contexts)
         try:
             for path, _, _ in headers:
-                status = assoc.send_c_store(path)
+                try:
+                    status = assoc.send_c_store(path)
+                except StorageError:
+                    abort_broken_send(assoc)  # a stored file failed its integrity check mid-send
+                    raise
                 code = int(getattr(status, "Status", 0xFFFF)) if status else None
                 if code in (0x0000, 0xB000, 0xB007, 0xB006):
                     report.sent += 1
-                    report.bytes += path.stat().st_size
+                    report.bytes += sendable_size(path)
                 else:
                     comment = getattr(status, "ErrorComment", "") if status else "no response"
                     text = f"status 0x{code:04X} {comment}" if code is not None else comment

@@ -19,7 +19,7 @@ from hilum.dicom.jsonmodel import instance_json, pack, unpack
 from hilum.dicom.parsing import read_header
 from hilum.domain.errors import IngestFailure, NotFound
 from hilum.index.models import instances_t, series_t, studies_t
-from hilum.storage.base import StorageArea
+from hilum.storage.base import StorageArea, StorageError, readable
 
 LOG = logging.getLogger(__name__)
 I, SE, S = instances_t, series_t, studies_t  # noqa: E741
@@ -89,16 +89,12 @@ def as_dict(engine: Engine, storage: StorageArea, model: StoredModel) -> dict[st
 
 
 def _backfill(engine: Engine, storage: StorageArea, model: StoredModel) -> bytes | None:
-    path = storage.local_path(model.storage_key)
-    if path is None:
-        LOG.error("instance %s has no DICOM JSON and its storage is not local", model.sop_instance_uid)
-        return None
     try:
-        header = read_header(path)
+        header = read_header(readable(storage, model.storage_key))
         packed = pack(
             instance_json(header, model.study_instance_uid, model.series_instance_uid, model.sop_instance_uid)
         )
-    except (IngestFailure, OSError) as exc:
+    except (IngestFailure, OSError, StorageError) as exc:
         LOG.error("cannot build the DICOM JSON of instance %s: %s", model.sop_instance_uid, exc)
         return None
     with engine.begin() as conn:

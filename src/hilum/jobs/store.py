@@ -10,10 +10,8 @@ A crash resends at most the instances sent since the last progress save.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,14 @@ from hilum.audit import builders, codes
 from hilum.audit.builders import Party
 from hilum.config import RemoteAE
 from hilum.dimse.scu import Scu, ScuError
+from hilum.dimse.stored_send import sendable
 from hilum.domain.errors import NotFound
 from hilum.index.models import instances_t, series_t, studies_t
 from hilum.jobs.context import JobContext, JobFailed, JobInterrupted
 from hilum.jobs.network import describe_association_failure
 from hilum.jobs.repository import JobRecord
 from hilum.jobs.settings import JobSettings
+from hilum.storage.base import readable
 
 # PS3.4 B.2.3: success, and the warnings (coercion, elements discarded, not checked)
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -236,25 +236,11 @@ class _Sender:
 
 @contextmanager
 def _files(services: Services, items: list[_Item]) -> Iterator[list[Path]]:
-    """Local paths of the stored files (copied to staging if the storage area is remote)."""
-    paths: list[Path] = []
-    temporary: list[Path] = []
-    try:
-        for item in items:
-            path = services.storage.local_path(item.storage_key)
-            if path is None:
-                with (
-                    services.storage.open(item.storage_key) as source,
-                    tempfile.NamedTemporaryFile(
-                        dir=services.storage.staging_dir(), suffix=".dcm", delete=False
-                    ) as target,
-                ):
-                    shutil.copyfileobj(source, target)
-                path = Path(target.name)
-                temporary.append(path)
-            paths.append(path)
-        yield paths
-    finally:
-        for path in temporary:
-            path.unlink(missing_ok=True)
+    """Paths to send the stored files from: local paths, or (no local path, e.g. encrypted
+    at rest) virtual paths read through the storage area (dimse/stored_send.py)."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(sendable(readable(services.storage, item.storage_key)))
+            for item in items
+        ]
 

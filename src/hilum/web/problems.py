@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hilum.domain.errors import HilumError, IngestFailure, InvalidQuery, NotFound
+from hilum.storage.base import StorageIntegrityError
 
+LOG = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
@@ -60,6 +63,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IngestFailure)
     async def _ingest(_: Request, exc: IngestFailure) -> JSONResponse:
         return problem_response(exc.status.http_status, exc.message)
+
+    @app.exception_handler(StorageIntegrityError)
+    async def _integrity(_: Request, exc: StorageIntegrityError) -> JSONResponse:
+        # Encrypted at rest: altered or damaged data, or a wrong master key. Never the bytes.
+        LOG.error("stored data failed its integrity check: %s", exc)
+        return problem_response(500, str(exc), "Stored data failed its integrity check")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import Connection
 
@@ -12,6 +12,7 @@ from hilum.domain.attributes import Level
 from hilum.domain.errors import NotFound
 from hilum.domain.query import Constraint, MatchKind, Query
 from hilum.index.search import StoredInstance, matching_instances
+from hilum.storage.base import Source, readable
 from hilum.web.deps import checked_uid
 from hilum.web.problems import Problem
 
@@ -46,14 +47,22 @@ def one_instance(services: Services, study_uid: str, series_uid: str, sop_uid: s
         return stored_instances(conn, study_uid, series_uid, sop_uid)[0]
 
 
-def local_file(services: Services, instance: StoredInstance) -> Path:
-    path = services.storage.local_path(instance.storage_key)
-    if path is None or not path.exists():
+def local_file(services: Services, instance: StoredInstance) -> Source:
+    """The stored file: a local path, or (encrypted at rest) read through the storage area."""
+    path = readable(services.storage, instance.storage_key)
+    if not path.exists():
         raise Problem(500, f"the stored file of instance {instance.sop_instance_uid} is missing")
     return path
 
 
 def file_chunks(services: Services, instance: StoredInstance) -> Iterator[bytes]:
-    with services.storage.open(instance.storage_key) as handle:
+    # Opened now, not at the first iteration: a missing file, a wrong key or a damaged
+    # header is a 500 problem before any header is sent, not a cut-off 200.
+    handle = services.storage.open(instance.storage_key)
+    return _chunks(handle)
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
         while chunk := handle.read(CHUNK):
             yield chunk

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -33,6 +32,7 @@ from hilum.dicom.pixels import (
 )
 from hilum.index.metadata import json_texts, models_of
 from hilum.index.search import StoredInstance
+from hilum.storage.base import ObjectNotFound, Source
 from hilum.web.deps import dicomweb_base
 from hilum.web.dicomweb.common import file_chunks, local_file, one_instance, stored_instances
 from hilum.web.dicomweb.json import DICOM_JSON
@@ -113,8 +113,11 @@ def _retrieve(request: Request, study: str, series: str | None, sop: str | None)
     with services.engine.connect() as conn:
         instances = stored_instances(conn, study, series, sop)
     head = instances[0]
-    if not services.storage.exists(head.storage_key):  # answer 500, not a response cut short
-        raise Problem(500, f"the stored file of instance {head.sop_instance_uid} is missing")
+    # Answer 500 (missing file; encrypted at rest: wrong key, damaged header), not a response cut short.
+    try:
+        services.storage.open(head.storage_key).close()
+    except ObjectNotFound:
+        raise Problem(500, f"the stored file of instance {head.sop_instance_uid} is missing") from None
     # The best acceptable choice the first instance can be sent in; the others follow it.
     # Decided before the response starts, so that nothing acceptable is a 406.
     reasons: list[str] = []
@@ -279,7 +282,7 @@ def _frame_choices(accept: list[MediaRange], info: PixelInfo) -> list[tuple[str,
 
 
 def _first_frame(
-    request: Request, path: Path, info: PixelInfo, index: int
+    request: Request, path: Source, info: PixelInfo, index: int
 ) -> tuple[bytes, str, str, bool]:
     """Frame ``index`` in the best acceptable encoding it can be produced in, with that
     (transfer syntax, media type, multipart?); 406 when none can."""
