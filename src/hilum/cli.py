@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parser(sub, _common)
 
+    from hilum.storage import keys_cli
+
+    keys_cli.add_parser(sub, _common)
+
     imp = sub.add_parser("import", help="import files, folders, zip files, DICOMDIR media")
     _common(imp)
     imp.add_argument("paths", nargs="+", type=Path)
@@ -165,6 +169,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from hilum.audit import cli as audit_cli
 
         return audit_cli.run(args, _settings(args), console)
+    if command == "keys":
+        from hilum.storage import keys_cli
+
+        return keys_cli.run(args, lambda: _settings(args), console)
     if command == "import":
         return _import(args)
     if command == "export":
@@ -348,7 +356,7 @@ def _export(args: argparse.Namespace) -> int:
     from hilum.deid.job import DeidConfig
     from hilum.deid.options import parse_options
     from hilum.index.database import make_engine
-    from hilum.storage.filesystem import FilesystemStorage
+    from hilum.storage.factory import open_storage
 
     needs_deid = [flag for flag, given in (
         ("--profile-option", bool(args.profile_option)),
@@ -374,7 +382,7 @@ def _export(args: argparse.Namespace) -> int:
     engine = make_engine(settings.index_url, pool_size=1)
     started = time.monotonic()
     try:
-        summary = run_export(engine, FilesystemStorage(settings.storage_dir), request)
+        summary = run_export(engine, open_storage(settings), request)
     except OSError as exc:
         raise HilumError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     finally:
