@@ -134,6 +134,7 @@ SHARE_ROUTES: list[Rule] = [
     _rule("GET HEAD", r"/dicomweb/(studies|series|instances|wado)(/.*)?", Perm.STUDY_READ),
     _rule("GET HEAD", r"/api/v1/(studies|series|instances)/\{[a-z_]+\}/archive", Perm.STUDY_EXPORT),
     _rule("GET HEAD", r"/api/v1/(studies|series|instances)(/\{[a-z_]+\})?", Perm.STUDY_READ),
+    _rule("GET HEAD", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_READ),  # read, never write
     _rule("GET", r"/api/v1/auth/me", Perm.SELF),
     _rule("POST", r"/api/v1/auth/logout", Perm.SELF),
     _rule("GET DELETE", r"/api/v1/shares/session", Perm.SELF),
