@@ -149,6 +149,8 @@ class HttpSettings(BaseModel):
     public_url: str = ""
     # Largest STOW-RS request body accepted; bigger ones get 413 and nothing is stored.
     max_upload_bytes: int = Field(default=8 * 1024**3, ge=1024)
+    # Largest body of any other request (JSON for logins, jobs, users, annotations...): 413 above.
+    max_request_bytes: int = Field(default=2 * 1024**2, ge=1024)
     # QIDO-RS: results per page when the client gives no limit, and the most it may ask for.
     qido_default_limit: int = Field(default=1000, ge=1)
     qido_max_limit: int = Field(default=10000, ge=1)

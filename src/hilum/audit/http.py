@@ -262,12 +262,7 @@ class AuditMiddleware:
     def _job(
         self, audit: AuditService, who: Party, node: Party, body: bytes, outcome: int, detail: str
     ) -> None:
-        try:
-            request = json.loads(body or b"{}")
-        except ValueError:
-            request = {}
-        if not isinstance(request, dict):
-            request = {}
+        request = _json_object(body)
         uids = request.get("study_instance_uid") or []
         uids = [uids] if isinstance(uids, str) else [u for u in uids if isinstance(u, str)]
         destination = Party(str(request.get("destination") or audit.ae_title))
@@ -281,9 +276,15 @@ class AuditMiddleware:
         ))
 
 
-def _json_field(body: bytes, name: str) -> str:
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; {} for anything else (the request was refused)."""
     try:
-        value = json.loads(body or b"{}").get(name)
-    except (ValueError, AttributeError):
-        return ""
+        found = json.loads(body or b"{}")
+    except (ValueError, RecursionError):  # malformed, or nested deeper than the parser goes
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _json_field(body: bytes, name: str) -> str:
+    value = _json_object(body).get(name)
     return str(value) if value else ""

@@ -18,6 +18,7 @@ from hilum.web.api import annotations as annotations_api
 from hilum.web.api import auth, changes, jobs, nodes, oidc, resources, shares, system, users
 from hilum.web.api.audit import router as audit_router
 from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
+from hilum.web.limits import RequestSizeLimit
 from hilum.web.security import guard
 from hilum.web.spa import SpaMiddleware
 
@@ -50,6 +51,8 @@ def create_app(services: Services) -> FastAPI:
     # The browser app (web/dist) at / and its client routes: public static files, outside
     # /api and /dicomweb (hilum.web.spa).
     app.add_middleware(SpaMiddleware)
+    # Outermost: bodies other than DICOM uploads are bounded before anything reads them.
+    app.add_middleware(RequestSizeLimit, limit=services.settings.http.max_request_bytes)
     # Every router goes through the one authorization dependency (web/security.py).
     dicomweb = [Depends(guard(DICOMWEB_PREFIX))]
     api = [Depends(guard(API_PREFIX))]
