@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
 
 from conftest import (
     RunningServer,
@@ -26,7 +28,17 @@ from conftest import (
     start_server,
     stop_server,
 )
-from dimse_util import dataset_bytes, dcmtk, dcmtk_storescp, query_rows, scp_args, wait_for
+from dimse_util import (
+    associate,
+    chunked_send,
+    dataset_bytes,
+    dcmtk,
+    dcmtk_storescp,
+    query_rows,
+    scp_args,
+    scu_ae,
+    wait_for,
+)
 from factory import StudySpec, write_study
 from hilum.config import Settings, load_settings
 from hilum.storage.base import StorageIntegrityError, StorageKeyError, StoredFile
@@ -50,6 +62,7 @@ from hilum.storage.factory import MARKER, EncryptionConfigError, load_keyring, o
 from hilum.storage.filesystem import FilesystemStorage
 from hilum.storage.rekey import area_status, encrypt_existing, rotate
 from hilum.storage.settings import EncryptionSettings
+from test_dicomweb_support import make_client
 
 SIZES = [0, 1, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 3 * SEGMENT_SIZE, 5_000_003]
 
@@ -523,6 +536,34 @@ def test_the_archive_works_the_same_with_only_ciphertext_on_disk(
             member = dcmread(io.BytesIO(archive.read(name)))
             assert member.PixelData == dcmread(by_uid[str(member.SOPInstanceUID)]).PixelData
 
+    # -- a compressed multi-frame instance: frames as stored and decoded, C-GET decompressed --
+    rle_path = Path(str(get_testdata_file("emri_small_RLE.dcm")))
+    rle, native = dcmread(rle_path), dcmread(str(get_testdata_file("emri_small.dcm")))
+    ae = scu_ae("PYSTORE")
+    ae.add_requested_context(rle.SOPClassUID, [rle.file_meta.TransferSyntaxUID])
+    assoc = associate(ae, server)
+    try:
+        with chunked_send():
+            assert assoc.send_c_store(rle_path).Status == 0x0000
+    finally:
+        assoc.release()
+    client, _ = make_client(server)
+    rle_uids = (rle.StudyInstanceUID, rle.SeriesInstanceUID, rle.SOPInstanceUID)
+    size = len(native.PixelData) // 10
+    octets = client.retrieve_instance_frames(*rle_uids, [1, 7], media_types=("application/octet-stream",))
+    assert octets == [native.PixelData[:size], native.PixelData[6 * size : 7 * size]]
+    as_stored = client.retrieve_instance_frames(*rle_uids, [4], media_types=(("image/dicom-rle", "*"),))
+    assert as_stored == [list(generate_frames(rle.PixelData, number_of_frames=10))[3]]
+    got_rle = tmp_path / "getscu-rle"
+    got_rle.mkdir()
+    out = dcmtk("getscu", "-S", "-aet", "GETSCU", "-od", str(got_rle), "-k", "QueryRetrieveLevel=IMAGE",
+                "-k", f"StudyInstanceUID={rle.StudyInstanceUID}",
+                "-k", f"SeriesInstanceUID={rle.SeriesInstanceUID}",
+                "-k", f"SOPInstanceUID={rle.SOPInstanceUID}", *scp_args(server))
+    assert out.returncode == 0, out.stdout + out.stderr
+    [decompressed] = list(got_rle.iterdir())
+    assert (dcmread(decompressed).pixel_array == native.pixel_array).all()
+
     # -- `hilum export` reads through the same keys ----------------------------------------
     out_dir = tmp_path / "export"
     server.hilum("export", "--study", spec.study_uid, "--out", str(out_dir))
@@ -568,6 +609,7 @@ def test_rotate_against_a_server_data_dir_then_serve_with_the_new_key(
     old_file, new_file = tmp_path / "old.key", tmp_path / "new.key"
     write_key_file(old_file, generate_key())
     write_key_file(new_file, generate_key())
+    new_id = read_key_file(new_file).hex_id
     for name, value in _key_env(old_file).items():
         monkeypatch.setenv(name, value)
     spec = StudySpec(patient_id="ENC-ROT", series=1, slices=4)
@@ -585,8 +627,8 @@ def test_rotate_against_a_server_data_dir_then_serve_with_the_new_key(
     # The old key alone now opens nothing: export fails loudly.
     failed = run_hilum(settings, "export", "--study", spec.study_uid, "--out", str(tmp_path / "x"),
                        check=False)
-    assert failed.returncode != 0
-    assert "not configured" in failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert f"encrypted under master key {new_id}, which is not configured" in failed.stderr, failed.stderr
 
     # Serve with the new key: everything is retrieved as stored.
     for name, value in _key_env(new_file).items():

@@ -14,11 +14,13 @@ from pydantic import ValidationError
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from hilum.config import ALL_PERMISSIONS, ConfigError, RemoteAE, Settings, load_settings
 from hilum.domain.errors import HilumError
+from hilum.storage.base import StorageError
 
 console = Console(stderr=False, soft_wrap=True)  # no hard wraps in paths when piped
 err = Console(stderr=True, soft_wrap=True)
@@ -146,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HilumError as exc:
         err.print(f"[red]error[/red]: {exc}")
+        return 1
+    except StorageError as exc:  # e.g. a file encrypted under a key that is not configured
+        err.print(f"[red]storage error[/red]: {escape(str(exc))}")
         return 1
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
