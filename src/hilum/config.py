@@ -165,6 +165,33 @@ class HttpSettings(BaseModel):
         return self
 
 
+class GroupRule(BaseModel):
+    """Opens every study matching ``match`` to the users of ``group`` (e.g. per site or
+    department): ``match`` maps study-level attributes to DICOM matching values (single
+    value, wildcard ``*``/``?``, list with ``\\``, date range), as in a C-FIND."""
+
+    model_config = ConfigDict(extra="forbid")
+    group: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    match: dict[str, str] = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _check_match(cls, value: dict[str, str]) -> dict[str, str]:
+        from hilum.domain.attributes import BY_KEYWORD, Level
+        from hilum.domain.errors import InvalidQuery
+        from hilum.domain.query import constraint_for
+
+        for keyword, raw in value.items():
+            attr = BY_KEYWORD.get(keyword)
+            if attr is None or attr.level is not Level.STUDY:
+                raise ValueError(f"{keyword} is not a study-level attribute Hilum indexes")
+            try:
+                constraint_for(keyword, raw)
+            except InvalidQuery as exc:
+                raise ValueError(f"{keyword}: {exc}") from None
+        return value
+
+
 class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Every HTTP surface needs a login, token or API key. Turning this off opens the whole
@@ -181,6 +208,8 @@ class AuthSettings(BaseModel):
     allow_basic: bool = False
     # Session cookies carry the Secure flag: "auto" = when the request came over HTTPS.
     cookie_secure: str = Field(default="auto", pattern="^(auto|always|never)$")
+    # Study sets opened to groups by rule (site, department...): see GroupRule.
+    group_rules: list[GroupRule] = Field(default_factory=list)
     # Single sign-on through OpenID Connect (hilum.auth.oidc); off by default.
     oidc: OidcSettings = Field(default_factory=OidcSettings)
 

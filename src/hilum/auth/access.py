@@ -51,6 +51,7 @@ def study_condition(principal: Principal | None) -> Any:
     ]
     if principal.person_name_key:
         conditions.append(S.c.referring_physician_name_key == principal.person_name_key)
+    conditions.extend(principal.study_rules)  # auth.group_rules naming the user's groups
     return or_(*conditions)
 
 

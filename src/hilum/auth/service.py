@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class Principal:
     via: str = ""  # session | token | apikey | basic | share
     # Sessions opened from a share link: the link; they see only its studies (auth.access).
     share_id: int | None = None
+    # Conditions on studies opened to this user's groups by auth.group_rules (SQL expressions).
+    study_rules: tuple[Any, ...] = field(default=(), compare=False)
 
     @property
     def all_studies(self) -> bool:
@@ -233,7 +235,16 @@ class AuthService:
             if _HASHER.check_needs_rehash(row["password_hash"]):
                 values["password_hash"] = _HASHER.hash(password)
             conn.execute(update(users_t).where(users_t.c.id == row["id"]).values(**values))
-        return _principal(row, via="password")
+        return self.with_group_rules(_principal(row, via="password"))
+
+    def with_group_rules(self, principal: Principal) -> Principal:
+        """``principal`` with the study conditions of the group rules naming its groups."""
+        rules = [r for r in getattr(self.config, "group_rules", ()) if r.group in principal.groups]
+        if not rules:
+            return principal
+        from hilum.index.search import study_rule_condition
+
+        return replace(principal, study_rules=tuple(study_rule_condition(r.match) for r in rules))
 
     def _failed(self, user_id: int, failures: int) -> None:
         values: dict[str, Any] = {"failed_logins": failures}
@@ -302,7 +313,7 @@ class AuthService:
             credential_id=row["id"],
             via=row["kind"],
         )
-        return principal, row["csrf_hash"]
+        return self.with_group_rules(principal), row["csrf_hash"]
 
     def revoke(self, credential_id: int, user_id: int | None = None) -> bool:
         stmt = update(credentials_t).where(

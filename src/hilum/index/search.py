@@ -21,7 +21,7 @@ from sqlalchemy import (
 
 from hilum.domain.attributes import BY_KEYWORD, INTEGER_VRS, IndexedAttribute, Level
 from hilum.domain.errors import InvalidQuery
-from hilum.domain.query import Constraint, MatchKind, Query
+from hilum.domain.query import Constraint, MatchKind, Query, constraint_for
 from hilum.index.models import Instance, Patient, Series, Study
 
 P = Patient.__table__
@@ -108,6 +108,12 @@ def _condition(constraint: Constraint, level: Level, *, fuzzy: bool = False) -> 
     if fuzzy and attr.vr == "PN" and constraint.kind in (MatchKind.SINGLE, MatchKind.WILDCARD):
         return _fuzzy_name(column, constraint.values[0])
     return _match(column, constraint)
+
+
+def study_rule_condition(match: dict[str, str]) -> ColumnElement[bool]:
+    """The studies matching ``match`` (study-level keyword -> DICOM matching value), as one
+    condition on ``studies``: the C-FIND matcher, for group rules (auth.group_rules)."""
+    return and_(*(_condition(constraint_for(keyword, raw), Level.STUDY) for keyword, raw in match.items()))
 
 
 def _fuzzy_name(column: Any, value: str) -> ColumnElement[bool]:
