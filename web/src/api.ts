@@ -25,6 +25,8 @@ export interface Share {
   expires_at?: string;
   deidentified?: boolean;
   allow_download?: boolean;
+  ready?: boolean;
+  status?: string;
 }
 
 const CSRF_KEY = 'hilum.csrf';
@@ -170,7 +172,8 @@ export async function login(username: string, password: string): Promise<Me> {
 
 export async function logout(): Promise<void> {
   try {
-    await request(`${API}/auth/logout`, { method: 'POST', quiet401: true });
+    if (session.share) await request(`${API}/shares/session`, { method: 'DELETE', quiet401: true });
+    else await request(`${API}/auth/logout`, { method: 'POST', quiet401: true });
   } catch {
     /* already ended */
   }
@@ -193,8 +196,9 @@ export async function openShare(token: string, pin?: string): Promise<Share> {
   if (pin) body.pin = pin;
   const answer = await postJSON<Share & { csrf_token?: string }>(`${API}/shares/open`, body);
   if (answer.csrf_token) session.csrf = answer.csrf_token;
-  const share: Share = { ...answer, token };
+  const share: Share = { ...answer, token, ready: answer.ready ?? true };
   delete (share as { csrf_token?: string }).csrf_token;
   session.share = share;
+  session.me = null;
   return share;
 }

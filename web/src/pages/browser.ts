@@ -282,13 +282,16 @@ async function showTimeline(box: HTMLElement, s: StudyRow): Promise<void> {
 
 export function header(extra?: Node): HTMLElement {
   const me = session.me;
+  const share = session.share;
   return h('header.topbar',
     h('a.brand', { href: '/studies', onclick: link }, h('img', { src: '/favicon.svg', alt: '', width: 24, height: 24 }), h('span', 'Hilum')),
     extra ?? null,
     h('span.spacer'),
-    me && me.via !== 'none' ? h('span.user', { title: `role: ${me.role}` }, me.username) : null,
-    me && me.via !== 'none'
-      ? h('button.logout', { onclick: async () => { await logout(); navigate('/login', true); } }, 'Sign out')
-      : null,
+    share ? h('span.user', `Shared link${share.expires_at ? ` · until ${new Date(share.expires_at).toLocaleString()}` : ''}`)
+      : me && me.via !== 'none' ? h('span.user', { title: `role: ${me.role}` }, me.username) : null,
+    share ? h('button.logout', { onclick: async () => { await logout(); location.href = '/login'; } }, 'End')
+      : me && me.via !== 'none'
+        ? h('button.logout', { onclick: async () => { await logout(); navigate('/login', true); } }, 'Sign out')
+        : null,
   );
 }

@@ -1,4 +1,4 @@
-import { ApiError, describeError, openShare } from '../api';
+import { API, ApiError, describeError, getJSON, openShare, session, type Share } from '../api';
 import { h, mount } from '../dom';
 import { navigate } from '../router';
 
@@ -7,12 +7,22 @@ export async function renderShare(root: HTMLElement, token: string): Promise<() 
   const attempt = async (pin?: string): Promise<void> => {
     mount(root, h('div.center-message', h('div.spinner'), h('p', 'Opening the shared study…')));
     try {
-      const share = await openShare(token, pin);
+      let share = await openShare(token, pin);
+      // De-identified links: the copies are made first; wait for them.
+      for (let i = 0; !share.ready && i < 600; i++) {
+        mount(root, h('div.center-message', h('div.spinner'), h('p', 'The shared study is being prepared (de-identified copy)…')));
+        await new Promise((r) => setTimeout(r, 2000));
+        share = { ...share, ...(await getJSON<Share>(`${API}/shares/session`)) };
+        session.share = { ...share, token };
+      }
       if (!share.study_uids?.length) throw new ApiError(404, 'the link names no study');
       navigate(`/viewer/${share.study_uids[0]}`, true);
     } catch (error) {
-      if (error instanceof ApiError && error.status === 403) {
-        askPin(pin ? 'Wrong PIN, try again.' : '');
+      const reason = error instanceof ApiError ? (error.body as { reason?: string } | undefined)?.reason : undefined;
+      if (error instanceof ApiError && error.status === 403 && reason === 'locked') {
+        showEnd('This share link is locked', error.detail);
+      } else if (error instanceof ApiError && error.status === 403) {
+        askPin(reason === 'wrong_pin' ? error.detail : pin ? 'Wrong PIN, try again.' : '');
       } else if (error instanceof ApiError && error.status === 410) {
         showEnd('This share link has expired or was revoked', 'Ask the sender for a new link.');
       } else if (error instanceof ApiError && error.status === 404) {

@@ -1,6 +1,7 @@
 // The four corners of a viewport: who, what, where in the stack, how it is shown.
 import { age, dicomDate, dicomTime, num, personName, str, TAG, type DicomJson } from '../dicom';
 import { h, mount } from '../dom';
+import { core } from './cs';
 import type { DisplaySet } from './study';
 
 export interface Corners { tl: HTMLElement; tr: HTMLElement; bl: HTMLElement; br: HTMLElement }
@@ -31,6 +32,12 @@ export function fillStatic(corners: Corners, set: DisplaySet, instance: DicomJso
   );
 }
 
+/** W/L as entered (DICOM's linear VOI function: width = upper - lower + 1). */
+export function windowText(voi: { lower: number; upper: number }): string {
+  const { windowWidth, windowCenter } = core.utilities.windowLevel.toWindowLevel(voi.lower, voi.upper);
+  return `W ${Math.round(windowWidth)} L ${Math.round(windowCenter)}`;
+}
+
 export function fillDynamic(
   corners: Corners,
   set: DisplaySet,
@@ -50,7 +57,7 @@ export function fillDynamic(
     h('div', `${num(instance, TAG.Columns) ?? ''}×${num(instance, TAG.Rows) ?? ''}`),
   );
   mount(corners.br,
-    voi ? h('div', `W ${Math.round(voi.upper - voi.lower)} L ${Math.round((voi.upper + voi.lower) / 2)}`) : null,
+    voi ? h('div', windowText(voi)) : null,
     zoom !== undefined ? h('div', `Zoom ${zoom.toFixed(2)}×`) : null,
     extra ? h('div', extra) : null,
   );

@@ -40,7 +40,11 @@ export async function fetchStudy(uid: string): Promise<StudyInfo> {
   for (const f of ['PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDescription', 'StudyDate', 'StudyTime',
     'AccessionNumber', 'ReferringPhysicianName', 'ModalitiesInStudy', 'InstitutionName']) q.append('includefield', f);
   const found = await getJSON<DicomJson[]>(`${DICOMWEB}/studies?${q}`, { headers: { Accept: 'application/dicom+json' } });
-  if (!found.length) throw new Error(`Study ${uid} was not found (or you are not allowed to see it).`);
+  if (!found.length) {
+    // Searches leave out studies one may not see; a path naming the study says why (403/404).
+    await getJSON(`${DICOMWEB}/studies/${uid}/series?limit=1`, { headers: { Accept: 'application/dicom+json' } });
+    throw new Error(`Study ${uid} was not found.`);
+  }
   return studyInfo(found[0]);
 }
 

@@ -55,6 +55,7 @@ export class Viewer {
   voiSync: ReturnType<typeof tools.synchronizers.createVOISynchronizer> | null = null;
   sliceSync: ReturnType<typeof tools.synchronizers.createImageSliceSynchronizer> | null = null;
   private disposers: (() => void)[] = [];
+  private overlayPending = new Set<Cell>();
   private resizeObserver: ResizeObserver | null = null;
   destroyed = false;
 
@@ -210,6 +211,17 @@ export class Viewer {
       },
     }, vpEl, h('div.loading', bar));
     const corners = makeCorners(el);
+    // Cornerstone's viewport events do not bubble: listen on the viewport element.
+    const E = core.Enums.Events;
+    for (const name of [E.STACK_NEW_IMAGE, E.VOI_MODIFIED, E.CAMERA_MODIFIED, E.IMAGE_RENDERED]) {
+      vpEl.addEventListener(name, () => {
+        const cell = this.cells.find((c) => c.vpEl === vpEl);
+        if (cell && !this.overlayPending.has(cell)) {
+          this.overlayPending.add(cell);
+          requestAnimationFrame(() => { this.overlayPending.delete(cell); this.updateOverlay(cell); });
+        }
+      });
+    }
     return { index, el, vpEl, corners, bar, viewportId: `vp-${index}-${Date.now() % 100000}`, set: null, enabled: false, doc: null, cine: false };
   }
 
@@ -451,7 +463,7 @@ export class Viewer {
       if (width === null || center === null) {
         vp.resetProperties();
       } else {
-        vp.setProperties({ voiRange: { lower: center - width / 2, upper: center + width / 2 } });
+        vp.setProperties({ voiRange: core.utilities.windowLevel.toLowHighRange(width, center) });
       }
       vp.render();
     }
@@ -490,6 +502,23 @@ export class Viewer {
     vp.setViewPresentation({ rotation: 0 });
     vp.render();
     this.updateOverlay(this.cells[this.active]);
+  }
+
+  /** Page coordinates of an image pixel position (x = column, y = row) in a cell: for
+   * automation (end-to-end tests, benchmark) and the measurement tests. */
+  imageToPage(cellIndex: number, x: number, y: number): [number, number] | null {
+    const cell = this.cells[cellIndex];
+    const vp = this.stackViewport(cell);
+    if (!vp) return null;
+    const world = core.utilities.imageToWorldCoords(vp.getCurrentImageId(), [x, y]);
+    if (!world) return null;
+    const [cx, cy] = vp.worldToCanvas(world);
+    const rect = cell.vpEl.getBoundingClientRect();
+    return [rect.left + cx, rect.top + cy];
+  }
+
+  currentIndex(cellIndex = this.active): number {
+    return this.stackViewport(this.cells[cellIndex])?.getCurrentImageIdIndex() ?? -1;
   }
 
   showTags(): void {
