@@ -134,7 +134,10 @@ export class Measurements {
 
   constructor(private viewer: Viewer) {
     const E = tools.Enums.Events;
-    const changed: EventListener = () => this.markDirty(true);
+    const changed: EventListener = (evt) => {
+      const toolName = (evt as CustomEvent).detail?.annotation?.metadata?.toolName;
+      if (!toolName || KIND_OF_TOOL.has(toolName)) this.markDirty(true);
+    };
     for (const name of [E.ANNOTATION_COMPLETED, E.ANNOTATION_MODIFIED, E.ANNOTATION_REMOVED]) {
       core.eventTarget.addEventListener(name, changed);
       this.listeners.push([name, changed]);
