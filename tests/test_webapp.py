@@ -40,7 +40,7 @@ from webdata import (
 )
 
 pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 DIST = REPO / "web" / "dist"
@@ -49,9 +49,7 @@ PASSWORD = "correct horse battery"
 SHOTS = Path("/tmp/hilum-shots")
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
-    pytest.mark.skipif(
-        not (DIST / "index.html").exists(), reason="web app not built (scripts/build-web.sh)"
-    ),
+    pytest.mark.skipif(not (DIST / "index.html").exists(), reason="web app not built (scripts/build-web.sh)"),
 ]
 
 
@@ -62,12 +60,19 @@ class Site:
         self.admin_password = admin_password
         self.current = CtSpec(slices=24)
         self.prior = CtSpec(
-            study_date="20230105", study_time="081500", accession="WACC000", description="CT CHEST PRIOR",
+            study_date="20230105",
+            study_time="081500",
+            accession="WACC000",
+            description="CT CHEST PRIOR",
             slices=16,
         )
         self.other = CtSpec(
-            patient_id="WEB002", patient_name="OTHER^OTTO", accession="WACC900", referring="WILSON^JAMES",
-            description="CT ABDOMEN", slices=4,
+            patient_id="WEB002",
+            patient_name="OTHER^OTTO",
+            accession="WACC900",
+            referring="WILSON^JAMES",
+            description="CT ABDOMEN",
+            slices=4,
         )
         self.series: dict[str, str] = {}
 
@@ -80,7 +85,11 @@ class Site:
 def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
-        capture_output=True, text=True, env={**hilum_env(settings), **ON}, input=stdin, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**hilum_env(settings), **ON},
+        input=stdin,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -106,12 +115,26 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ("wilson", "referring", "WILSON^JAMES"),
         ):
             extra = ["--person-name", person] if person else []
-            _hilum(settings, "user", "add", user, "--role", role, *extra, "--password-stdin", stdin=PASSWORD + "\n")
+            _hilum(
+                settings,
+                "user",
+                "add",
+                user,
+                "--role",
+                role,
+                *extra,
+                "--password-stdin",
+                stdin=PASSWORD + "\n",
+            )
         auth = {"Authorization": f"Bearer {site.token('admin', site.admin_password)}"}
         current = ct_series(site.current)
         site.series["ct"] = site.current.series_uid
-        j2k, jls, rle = (compressed(current[10:13], s) for s in (JPEG2000Lossless, JPEGLSLossless, RLELossless))
-        site.series.update(j2k=j2k[0].SeriesInstanceUID, jls=jls[0].SeriesInstanceUID, rle=rle[0].SeriesInstanceUID)
+        j2k, jls, rle = (
+            compressed(current[10:13], s) for s in (JPEG2000Lossless, JPEGLSLossless, RLELossless)
+        )
+        site.series.update(
+            j2k=j2k[0].SeriesInstanceUID, jls=jls[0].SeriesInstanceUID, rle=rle[0].SeriesInstanceUID
+        )
         report, pdf, clip = sr_document(site.current), pdf_document(site.current), multiframe_us(site.current)
         site.series.update(sr=report.SeriesInstanceUID, pdf=pdf.SeriesInstanceUID, us=clip.SeriesInstanceUID)
         stow(site.base, [*current, *j2k, *jls, *rle, report, pdf, clip], auth)
@@ -127,8 +150,14 @@ def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
         launched = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--use-angle=swiftshader",
-                  "--enable-unsafe-swiftshader", "--disable-dev-shm-usage"],
+            args=[
+                "--no-sandbox",
+                "--headless",
+                "--disable-gpu",
+                "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader",
+                "--disable-dev-shm-usage",
+            ],
         )
         yield launched
         launched.close()
@@ -165,7 +194,9 @@ def login(page: Page, site: Site, user: str, password: str = PASSWORD) -> None:
 
 def open_viewer(page: Page, site: Site, study: str, query: str = "") -> None:
     page.goto(f"{site.base}/viewer/{study}{query}")
-    page.wait_for_function("() => window.hilumProbe && window.hilumProbe.marks.some(m => m.first)", timeout=30000)
+    page.wait_for_function(
+        "() => window.hilumProbe && window.hilumProbe.marks.some(m => m.first)", timeout=30000
+    )
     page.wait_for_timeout(300)
 
 
@@ -524,8 +555,9 @@ def test_report_pdf_and_cine_clip(site: Site, context: BrowserContext, shots: Pa
 
 
 def test_phone_layout_and_touch_scroll(site: Site, browser: Browser, shots: Path) -> None:
-    phone = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True,
-                                device_scale_factor=2)
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=2
+    )
     try:
         page = phone.new_page()
         login(page, site, "rad")
@@ -549,7 +581,10 @@ def test_phone_layout_and_touch_scroll(site: Site, browser: Browser, shots: Path
         cdp = phone.new_cdp_session(page)
         cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y - 100}]})
         for k in range(1, 16):
-            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y - 100 + k * 14}]})
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": "touchMove", "touchPoints": [{"x": x, "y": y - 100 + k * 14}]},
+            )
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
         page.wait_for_timeout(400)
         after = page.evaluate("() => window.hilumViewer.currentIndex(0)")

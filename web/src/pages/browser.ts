@@ -252,7 +252,12 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
   timeline.hidden = true;
   drawHead();
   await search();
-  return () => window.clearTimeout(timer);
+  // While the list is read, load the viewer's code and start its decoders, so that
+  // opening a study shows its first image without waiting for them.
+  const warm = window.setTimeout(() => {
+    void import('../viewer/cs').then((m) => m.initCornerstone()).catch(() => undefined);
+  }, 50);
+  return () => { window.clearTimeout(timer); window.clearTimeout(warm); };
 }
 
 async function showTimeline(box: HTMLElement, s: StudyRow): Promise<void> {

@@ -65,10 +65,16 @@ export class Viewer {
 
   async open(studyUid: string, params: URLSearchParams): Promise<void> {
     mount(this.root, header(), h('div.center-message', h('div.spinner'), h('p', 'Opening the study…')));
-    const [study] = await Promise.all([fetchStudy(studyUid), initCornerstone()]);
+    // Study, its series and the code all at once; then the priors (they need the PatientID).
+    const seriesOf = fetchSeries({ uid: studyUid } as StudyInfo, false);
+    const [study] = await Promise.all([fetchStudy(studyUid), initCornerstone(), seriesOf.catch(() => null)]);
     this.study = study;
     document.title = `${personName(study.patientName)} · ${dicomDate(study.date)} · Hilum`;
-    this.sets = await fetchSeries(study, false);
+    this.sets = await seriesOf;
+    for (const set of this.sets) set.study = study;
+    // Start the first series' metadata now: it is needed whatever the hanging.
+    const firstImage = this.sets.find((s) => s.kind !== 'sr' && s.kind !== 'pdf');
+    if (firstImage) void loadSeries(firstImage).catch(() => undefined);
     // Priors: a failure there must not stop the current study from opening.
     try {
       this.priors = await fetchPriors(study);
