@@ -592,3 +592,37 @@ def test_phone_layout_and_touch_scroll(site: Site, browser: Browser, shots: Path
         shot(page, shots, "phone-after-swipe")
     finally:
         phone.close()
+
+
+def test_share_link_opens_the_study_without_an_account(site: Site, browser: Browser, shots: Path) -> None:
+    created = httpx.post(
+        f"{site.base}/api/v1/shares",
+        json={"study_uids": [site.current.study_uid], "pin": "2468", "expires_in_hours": 1},
+        headers={"Authorization": f"Bearer {site.token('rad')}"},
+    )
+    if created.status_code == 403 and "switched off" in created.text:
+        pytest.skip("share links are switched off in this configuration")
+    assert created.status_code == 201, created.text
+    url = created.json()["url"]
+    guest = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        page = guest.new_page()
+        page.goto(f"{site.base}{url}")
+        page.wait_for_selector("input[aria-label=PIN]")
+        page.fill("input[aria-label=PIN]", "1111")
+        page.click("button[type=submit]")
+        page.wait_for_selector(".form-error:has-text('wrong PIN')")
+        shot(page, shots, "share-pin")
+        page.fill("input[aria-label=PIN]", "2468")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(rf".*/viewer/{re.escape(site.current.study_uid)}.*"))
+        page.wait_for_function("() => window.hilumProbe && window.hilumProbe.marks.some(m => m.first)")
+        assert centre(shot(page, shots, "share-viewer", cell(page))).std() > 25
+        # No study list for a guest, and nothing else of the archive.
+        assert not page.locator("a:has-text('Studies')").is_visible()
+        other = page.evaluate(
+            "async (uid) => (await fetch(`/dicomweb/studies/${uid}/series`)).status", site.other.study_uid
+        )
+        assert other in (401, 403)
+    finally:
+        guest.close()
