@@ -198,6 +198,11 @@ def test_truncation_extension_and_swapped_segments_are_detected(tmp_path: Path, 
     one.write_bytes(bytes(mixed))
     with pytest.raises(StorageIntegrityError):
         read_all(storage, "t/one.dcm")
+    # A whole file copied over another one (a valid file, stored under another name): refused.
+    first, second = put(storage, "t/first.dcm", data), put(storage, "t/second.dcm", data[::-1])
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(StorageIntegrityError, match="not the one stored under this name"):
+        read_all(storage, "t/second.dcm")
     # The key slot of another file does not open this one.
     victim = put(storage, "t/victim.dcm", data)
     donor = put(storage, "t/donor.dcm", data)
@@ -573,7 +578,7 @@ def test_the_archive_works_the_same_with_only_ciphertext_on_disk(
 
     # -- a damaged file: WADO-RS 500 problem, C-GET failed sub-operation -------------------
     victim = stored[0]
-    victim_uid = _sop_of(victim, key_file)
+    victim_uid = _sop_of(server, victim, key_file)
     flip(victim, HEADER_SIZE + 10)
     victim_ds = dcmread(by_uid[victim_uid], stop_before_pixels=True)
     url = (f"{_http(server)}/dicomweb/studies/{spec.study_uid}/series/{victim_ds.SeriesInstanceUID}"
@@ -597,9 +602,9 @@ def test_the_archive_works_the_same_with_only_ciphertext_on_disk(
     assert refused.returncode == 1 and "is running" in refused.stderr, refused.stderr
 
 
-def _sop_of(path: Path, key_file: Path) -> str:
-    reader = area(path.parent, read_key_file(key_file))
-    with reader.open(path.name) as handle:
+def _sop_of(server: RunningServer, path: Path, key_file: Path) -> str:
+    root = server.settings.storage_dir
+    with area(root, read_key_file(key_file)).open(str(path.relative_to(root))) as handle:
         return str(dcmread(handle, stop_before_pixels=True).SOPInstanceUID)
 
 

@@ -21,7 +21,8 @@ Layout (all integers little endian)::
     key slot 0 at 64, key slot 1 at 128, 64 bytes each
       0  16  master key id (all zero: empty slot)
      16  40  the DEK wrapped with AES-KW under
-             KEK = HKDF-SHA256(master key, salt = file id, info = "hilum kek v1" + fixed header)
+             KEK = HKDF-SHA256(master key, salt = file id,
+                               info = "hilum kek v1" + fixed header + storage key)
      56   8  reserved, zero
     segments, at 192: max(1, ceil(length / segment size)) of them, each
       AES-256-GCM(DEK, nonce = prefix(7) | segment number (4, big endian) | last (1),
@@ -32,8 +33,10 @@ Vizár (also Tink's streaming AEAD): the segment number in the nonce detects
 reordering, the last-segment flag detects truncation, the per-file DEK detects
 segments swapped between files, and the fixed header as AAD detects an edited
 length, segment size or file id. A wrapped DEK is bound to its file through
-the KEK derivation. Any mismatch raises :class:`StorageIntegrityError`: no byte
-of a segment is returned before its tag has been checked.
+the KEK derivation, which also takes the storage key the file is stored under:
+a whole file copied over another instance's file does not open. Any mismatch
+raises :class:`StorageIntegrityError`: no byte of a segment is returned before
+its tag has been checked.
 
 Two key slots make rotation crash-safe without an atomic multi-byte write:
 the new wrap goes into the slot not in use, is made durable, and only then is
@@ -103,9 +106,11 @@ class MasterKey:
     def hex_id(self) -> str:
         return self.key_id.hex()
 
-    def kek(self, header: Header) -> bytes:
-        """The key that wraps this file's DEK: bound to the file by its id and fixed header."""
-        return _hkdf(self.secret, header.file_id, b"hilum kek v1" + header.fixed, KEY_SIZE)
+    def kek(self, header: Header, name: str) -> bytes:
+        """The key that wraps this file's DEK: bound to the file by its id and fixed header,
+        and to the storage key ``name`` it is stored under."""
+        info = b"hilum kek v1" + header.fixed + name.encode()
+        return _hkdf(self.secret, header.file_id, info, KEY_SIZE)
 
 
 def _hkdf(secret: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
@@ -298,22 +303,24 @@ def parse_header(raw: bytes, what: str) -> Header:
     return Header(bytes(raw[:FIXED_SIZE]), segment_size, length, file_id, prefix, (slots[0], slots[1]))
 
 
-def new_header(length: int, key: MasterKey, segment_size: int = SEGMENT_SIZE) -> tuple[bytes, bytes]:
-    """(header bytes, DEK) for a new file of ``length`` plaintext bytes wrapped under ``key``."""
+def new_header(length: int, key: MasterKey, name: str,
+               segment_size: int = SEGMENT_SIZE) -> tuple[bytes, bytes]:
+    """(header bytes, DEK) for a new file ``name`` of ``length`` plaintext bytes wrapped under ``key``."""
     fixed = _FIXED.pack(MAGIC, VERSION, HEADER_SIZE, segment_size, length,
                         secrets.token_bytes(16), secrets.token_bytes(7))
     dek = AESGCM.generate_key(bit_length=256)
     header = Header(fixed, segment_size, length, fixed[24:40], fixed[40:47], (EMPTY_SLOT, EMPTY_SLOT))
-    slot = wrap(header, key, dek)
+    slot = wrap(header, key, dek, name)
     return fixed + slot.encode() + EMPTY_SLOT.encode(), dek
 
 
-def wrap(header: Header, key: MasterKey, dek: bytes) -> Slot:
-    return Slot(key.key_id, aes_key_wrap(key.kek(header), dek))
+def wrap(header: Header, key: MasterKey, dek: bytes, name: str) -> Slot:
+    return Slot(key.key_id, aes_key_wrap(key.kek(header, name), dek))
 
 
-def unwrap(header: Header, keyring: KeyRing, what: str) -> tuple[bytes, MasterKey, int]:
+def unwrap(header: Header, keyring: KeyRing, name: str) -> tuple[bytes, MasterKey, int]:
     """(DEK, the master key that opened it, slot index); raises if no configured key opens it."""
+    what = f"stored file {name}"
     damaged = []
     for index, slot in enumerate(header.slots):
         if slot.empty:
@@ -322,13 +329,13 @@ def unwrap(header: Header, keyring: KeyRing, what: str) -> tuple[bytes, MasterKe
         if key is None:
             continue
         try:
-            return aes_key_unwrap(key.kek(header), slot.wrapped), key, index
+            return aes_key_unwrap(key.kek(header, name), slot.wrapped), key, index
         except InvalidUnwrap:
             damaged.append(slot.key_id.hex())
     if damaged:
         raise StorageIntegrityError(
             f"{what}: its data key does not unwrap under master key {damaged[0]}: "
-            "the header was altered or is damaged"
+            "the header was altered or is damaged, or the file is not the one stored under this name"
         )
     wrapped_by = header.key_ids()
     if not wrapped_by:
@@ -345,10 +352,11 @@ def _nonce(header: Header, index: int, last: bool) -> bytes:
     return header.nonce_prefix + struct.pack(">IB", index, 1 if last else 0)
 
 
-def encrypt_file(source: BinaryIO, target_fd: int, length: int, key: MasterKey,
+def encrypt_file(source: BinaryIO, target_fd: int, length: int, key: MasterKey, name: str,
                  segment_size: int = SEGMENT_SIZE) -> None:
-    """Write ``length`` bytes of ``source`` to ``target_fd`` as an encrypted file under ``key``."""
-    raw, dek = new_header(length, key, segment_size)
+    """Write ``length`` bytes of ``source`` to ``target_fd`` as the encrypted file to be stored
+    as ``name``, under ``key``."""
+    raw, dek = new_header(length, key, name, segment_size)
     header = parse_header(raw, "new file")
     aead = AESGCM(dek)
     _write_all(target_fd, raw)
@@ -496,8 +504,10 @@ class EncryptedReader(io.RawIOBase):
         return plain
 
 
-def open_encrypted(fd: int, keyring: KeyRing, what: str, *, head: bytes | None = None) -> EncryptedReader:
-    """Open an encrypted file whose descriptor is ``fd`` (taken over: closed on error or by the reader)."""
+def open_encrypted(fd: int, keyring: KeyRing, name: str, *, head: bytes | None = None) -> EncryptedReader:
+    """Open the encrypted file stored as ``name`` whose descriptor is ``fd`` (taken over:
+    closed on error or by the reader)."""
+    what = f"stored file {name}"
     try:
         raw = head if head is not None and len(head) >= HEADER_SIZE else _pread_all(fd, HEADER_SIZE, 0)
         header = parse_header(raw, what)
@@ -507,7 +517,7 @@ def open_encrypted(fd: int, keyring: KeyRing, what: str, *, head: bytes | None =
                 f"{what}: the encrypted file is {actual} bytes, its header says {header.file_size}: "
                 "cut short or extended"
             )
-        dek, _, _ = unwrap(header, keyring, what)
+        dek, _, _ = unwrap(header, keyring, name)
         return EncryptedReader(fd, header, dek, what)
     except BaseException:
         os.close(fd)

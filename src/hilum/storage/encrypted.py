@@ -69,7 +69,7 @@ class EncryptedStorage:
     def commit(self, staged: Path, key: str) -> CommitReceipt:
         if not self.encrypt:
             return self.inner.commit(staged, key)
-        sealed = self.encrypt_staged(staged)
+        sealed = self.encrypt_staged(staged, key)
         try:
             receipt = self.inner.commit(sealed, key)
         except BaseException:
@@ -78,8 +78,9 @@ class EncryptedStorage:
         staged.unlink(missing_ok=True)
         return receipt
 
-    def encrypt_staged(self, plain: Path) -> Path:
-        """A new staging file holding ``plain`` encrypted under the current master key."""
+    def encrypt_staged(self, plain: Path, key: str) -> Path:
+        """A new staging file holding ``plain`` encrypted under the current master key, to be
+        stored as ``key`` (the encryption binds the file to its key)."""
         current = self.keyring.current
         if current is None:
             raise ValueError("no current master key")
@@ -87,7 +88,7 @@ class EncryptedStorage:
         sealed = Path(name)
         try:
             with plain.open("rb") as source:
-                encrypt_file(source, fd, os.fstat(source.fileno()).st_size, current)
+                encrypt_file(source, fd, os.fstat(source.fileno()).st_size, current, key)
         except BaseException:
             os.close(fd)
             sealed.unlink(missing_ok=True)
@@ -111,7 +112,7 @@ class EncryptedStorage:
             os.close(fd)
             raise
         if is_encrypted(head):
-            return cast(BinaryIO, open_encrypted(fd, self.keyring, f"stored file {key}", head=head))
+            return cast(BinaryIO, open_encrypted(fd, self.keyring, key, head=head))
         if not self.allow_plaintext:
             os.close(fd)
             raise StorageIntegrityError(

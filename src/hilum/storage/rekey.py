@@ -103,7 +103,7 @@ def area_status(storage: EncryptedStorage, *, verify_all: bool = False,
         if verify_all:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                with open_encrypted(fd, storage.keyring, f"stored file {key}") as reader:
+                with open_encrypted(fd, storage.keyring, key) as reader:
                     verify(reader)
                 status.verified += 1
             except FileNotFoundError:
@@ -126,20 +126,20 @@ class RotationReport:
     from_keys: Counter[str] = field(default_factory=Counter)
 
 
-def _slot_opens(header: Header, index: int, key: MasterKey) -> bool:
+def _slot_opens(header: Header, index: int, key: MasterKey, name: str) -> bool:
     slot = header.slots[index]
     if slot.key_id != key.key_id:
         return False
     try:
-        aes_key_unwrap(key.kek(header), slot.wrapped)
+        aes_key_unwrap(key.kek(header, name), slot.wrapped)
     except InvalidUnwrap:
         return False
     return True
 
 
-def _target_slot(header: Header, target: MasterKey) -> int | None:
+def _target_slot(header: Header, target: MasterKey, name: str) -> int | None:
     for index in range(len(header.slots)):
-        if _slot_opens(header, index, target):
+        if _slot_opens(header, index, target, name):
             return index
     return None
 
@@ -150,34 +150,36 @@ def _pwrite_slot(fd: int, index: int, data: bytes) -> None:
         raise OSError(f"short write of a key slot ({written} of {len(data)} bytes)")
 
 
-def _add_wrap(path: Path, keyring: KeyRing, target: MasterKey, what: str) -> tuple[str, str]:
+def _add_wrap(path: Path, keyring: KeyRing, target: MasterKey, name: str) -> tuple[str, str]:
     """Step 1 for one file: ("rotated"|"already"|"plaintext", the old key id)."""
+    what = f"stored file {name}"
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         head = os.pread(fd, HEADER_SIZE, 0)
         if not is_encrypted(head):
             return "plaintext", ""
         header = parse_header(head, what)
-        if _target_slot(header, target) is not None:
+        if _target_slot(header, target, name) is not None:
             others = [s for s in header.slots if not s.empty and s.key_id != target.key_id]
             return ("rotated" if others else "already"), ""
-        dek, opened_by, used = unwrap(header, keyring, what)
+        dek, opened_by, used = unwrap(header, keyring, name)
         free = 1 - used
-        _pwrite_slot(fd, free, wrap(header, target, dek).encode())
+        _pwrite_slot(fd, free, wrap(header, target, dek, name).encode())
         check = parse_header(os.pread(fd, HEADER_SIZE, 0), what)
-        if not _slot_opens(check, free, target):
+        if not _slot_opens(check, free, target, name):
             raise StorageIntegrityError(f"{what}: the new key slot did not read back intact")
         return "rotated", opened_by.hex_id
     finally:
         os.close(fd)
 
 
-def _clear_old(path: Path, target: MasterKey, what: str) -> None:
+def _clear_old(path: Path, target: MasterKey, name: str) -> None:
     """Step 3 for one file: empty every slot but the (durable) one under ``target``."""
+    what = f"stored file {name}"
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         header = parse_header(os.pread(fd, HEADER_SIZE, 0), what)
-        keep = _target_slot(header, target)
+        keep = _target_slot(header, target, name)
         if keep is None:  # never clear the only way into the file
             raise StorageIntegrityError(f"{what}: no intact key slot under the new master key")
         for index, slot in enumerate(header.slots):
@@ -202,9 +204,8 @@ def rotate(storage: EncryptedStorage, keyring: KeyRing, target: MasterKey, *, ba
         touched: list[tuple[str, Path]] = []
         for key in keys:
             path = storage.inner._path(key)
-            what = f"stored file {key}"
             try:
-                outcome, old = _add_wrap(path, keyring, target, what)
+                outcome, old = _add_wrap(path, keyring, target, key)
             except FileNotFoundError:
                 report.gone += 1
                 continue
@@ -228,7 +229,7 @@ def rotate(storage: EncryptedStorage, keyring: KeyRing, target: MasterKey, *, ba
         storage.inner.sync(CommitReceipt(key=key) for key, _ in touched)
         for key, path in touched:
             try:
-                _clear_old(path, target, f"stored file {key}")
+                _clear_old(path, target, key)
                 report.rotated += 1
             except FileNotFoundError:
                 report.gone += 1
@@ -262,7 +263,7 @@ def encrypt_existing(storage: EncryptedStorage, *, batch: int = 256,
                 if is_encrypted(_read_header(path)):
                     report.already += 1
                     continue
-                sealed = storage.encrypt_staged(path)
+                sealed = storage.encrypt_staged(path, key)
                 try:
                     if not path.exists():  # deleted meanwhile: do not bring it back
                         report.gone += 1
