@@ -39,7 +39,7 @@ from dimse_util import (
     scu_ae,
     wait_for,
 )
-from factory import StudySpec, write_study
+from factory import StudySpec, stow_study, write_study
 from hilum.config import Settings, load_settings
 from hilum.storage.base import StorageIntegrityError, StorageKeyError, StoredFile
 from hilum.storage.crypto import (
@@ -391,6 +391,37 @@ def test_an_interrupted_rotation_resumes(tmp_path: Path) -> None:
             read_all(area(tmp_path, old), name)
 
 
+def test_reads_during_an_online_rotation_never_fail(tmp_path: Path) -> None:
+    """A server given both keys reads every file while `hilum keys rotate` rewrites slots."""
+    import threading
+
+    old, new = generate_key(), generate_key()
+    files = _fill(area(tmp_path, old), 300, size=500)
+    reader = area(tmp_path, new, old)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read_on() -> None:
+        names = sorted(files)
+        while not done.is_set():
+            for name in names:
+                try:
+                    assert read_all(reader, name) == files[name]
+                except BaseException as exc:  # reported by the test
+                    errors.append(exc)
+
+    thread = threading.Thread(target=read_on)
+    thread.start()
+    try:
+        for _ in range(3):  # back and forth, so that reads meet many slot writes
+            rotate(area(tmp_path, old), KeyRing(old), new, batch=16)
+            rotate(area(tmp_path, new), KeyRing(new), old, batch=16)
+    finally:
+        done.set()
+        thread.join()
+    assert errors == []
+
+
 def test_rotation_killed_at_any_moment_leaves_every_file_readable(tmp_path: Path) -> None:
     """`hilum keys rotate` SIGKILLed mid-way; every file opens with old or new key; a rerun finishes."""
     data_dir = tmp_path / "data"
@@ -650,10 +681,20 @@ def test_rotate_against_a_server_data_dir_then_serve_with_the_new_key(
         originals = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
         for path in got.iterdir():
             assert dataset_bytes(path) == dataset_bytes(originals[path.name.split(".", 1)[1]])
-        # New files go in under the new key; status says so.
+        # New files go in under the new key (C-STORE and STOW-RS); status says so.
         more = write_study(StudySpec(patient_id="ENC-ROT2", slices=2), tmp_path / "more")
         assert dcmtk("storescu", *scp_args(server), *map(str, more)).returncode == 0
-        assert "6 encrypted, 0 plaintext" in server.hilum("keys", "status").stdout
+        stowed = stow_study(_http(server), StudySpec(patient_id="ENC-STOW", patient_name="STOW^SECRET",
+                                                      slices=2))
+        status = server.hilum("keys", "status").stdout
+        assert "8 stored files: 8 encrypted, 0 plaintext" in status and f"8  under {new_id}" in status, status
+        for path in server.settings.storage_dir.rglob("*.dcm"):
+            assert b"STOW^SECRET" not in path.read_bytes()
+        url = (f"{_http(server)}/dicomweb/studies/{stowed[0].StudyInstanceUID}/series/"
+               f"{stowed[0].SeriesInstanceUID}/instances/{stowed[0].SOPInstanceUID}")
+        response = httpx.get(url, headers={"Accept": "application/dicom"}, timeout=30)
+        assert response.status_code == 200
+        assert dcmread(io.BytesIO(response.content)).PixelData == stowed[0].PixelData
     finally:
         stop_server(server)
     # A key unrelated to this archive: `hilum serve` refuses to start.
