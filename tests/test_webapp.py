@@ -344,6 +344,23 @@ def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
     assert page.locator(".grid .cell").count() == 2
     page.wait_for_selector(".grid .cell[data-index='1'] .overlay.tl .prior-tag")
     shot(page, shots, "viewer-current-prior")
+    # Scrolling the current scrolls the prior with it (synchronized by position).
+    page.click(".grid .cell[data-index='0']")
+    prior_before = page.evaluate("() => window.hilumViewer.currentIndex(1)")
+    for _ in range(4):
+        page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"() => window.hilumViewer.currentIndex(1) !== {prior_before}")
+    # ... and windowing it windows the prior.
+    page.keyboard.press("2")
+    expect(page.locator(".grid .cell[data-index='1'] .overlay.br")).to_contain_text("W 1500 L -600")
+    # Layouts: 2x2 fills four viewports with the study's series.
+    page.select_option("select[aria-label=Layout]", "2x2")
+    expect(page.locator(".grid .cell")).to_have_count(4)
+    page.wait_for_function("() => window.hilumViewer.cells.filter(c => c.set).length === 4")
+    shot(page, shots, "viewer-2x2")
+    page.select_option("select[aria-label=Layout]", "1x2")
+    expect(page.locator(".grid .cell")).to_have_count(2)
+    page.wait_for_function("() => window.hilumViewer.currentIndex(0) >= 0")
     page.click(".grid .cell[data-index='0']")
     page.keyboard.press("End")
     page.keyboard.press("PageUp")  # a slice through the lungs

@@ -108,9 +108,12 @@ export async function renderPDF(set: DisplaySet): Promise<HTMLElement> {
   // The value may carry a padding byte after %%EOF.
   const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: 'application/pdf' }));
   const title = str(instance, TAG.DocumentTitle) || 'Document';
-  return h('div.doc.media', { 'data-url': url },
+  return h('div.doc.media.pdf', { 'data-url': url },
+    h('div.doc-bar', h('strong', title), h('span.spacer'),
+      h('a', { href: url, target: '_blank', rel: 'noopener' }, 'Open in a new tab'),
+      h('a', { href: url, download: `${title}.pdf` }, 'Download')),
     h('object', { data: url, type: 'application/pdf', title, 'aria-label': title },
-      h('p', { style: { padding: '16px' } }, 'Your browser cannot show PDF here. ', h('a', { href: url, download: `${title}.pdf` }, 'Download the PDF'))));
+      h('p', { style: { padding: '16px' } }, 'Your browser cannot show PDF here: open it in a new tab or download it.')));
 }
 
 export async function renderVideo(set: DisplaySet): Promise<HTMLElement> {

@@ -30,6 +30,7 @@ export interface DisplaySet {
   multiframe: boolean;
   reconstructable: boolean;
   thumbnail: string;
+  positions: number[]; // per image: position along the slice normal in mm (for synchronized scrolling)
   loading?: Promise<DisplaySet>;
 }
 
@@ -95,6 +96,7 @@ export async function fetchSeries(study: StudyInfo, prior: boolean): Promise<Dis
       multiframe: false,
       reconstructable: false,
       thumbnail: `${DICOMWEB}/studies/${study.uid}/series/${seriesUid}/thumbnail?viewport=160,160`,
+      positions: [],
     };
   });
   sets.sort((a, b) => (a.number ?? 1e9) - (b.number ?? 1e9));
@@ -129,6 +131,7 @@ export function loadSeries(set: DisplaySet): Promise<DisplaySet> {
     set.instances = set.kind === 'image' ? images : instances;
     const origin = location.origin;
     set.imageIds = [];
+    set.positions = [];
     for (const instance of images) {
       const sop = str(instance, TAG.SOPInstanceUID);
       const frames = num(instance, TAG.NumberOfFrames) ?? 1;
@@ -137,6 +140,7 @@ export function loadSeries(set: DisplaySet): Promise<DisplaySet> {
         const imageId = `wadors:${origin}${base}/instances/${sop}/frames/${f}`;
         loader.wadors.metaDataManager.add(imageId, instance as unknown as Parameters<typeof loader.wadors.metaDataManager.add>[1]);
         set.imageIds.push(imageId);
+        set.positions.push(positioned && frames === 1 ? position(instance) : -set.positions.length);
       }
     }
     set.frameCount = set.imageIds.length;

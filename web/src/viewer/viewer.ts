@@ -53,9 +53,10 @@ export class Viewer {
   mpr: Mpr | null = null;
   sync = true;
   voiSync: ReturnType<typeof tools.synchronizers.createVOISynchronizer> | null = null;
-  sliceSync: ReturnType<typeof tools.synchronizers.createImageSliceSynchronizer> | null = null;
   private disposers: (() => void)[] = [];
   private overlayPending = new Set<Cell>();
+  private lastIndex = new Map<Cell, number>();
+  private expected = new Map<Cell, number>();
   private resizeObserver: ResizeObserver | null = null;
   destroyed = false;
 
@@ -219,6 +220,10 @@ export class Viewer {
     const corners = makeCorners(el);
     // Cornerstone's viewport events do not bubble: listen on the viewport element.
     const E = core.Enums.Events;
+    vpEl.addEventListener(E.STACK_NEW_IMAGE, () => {
+      const cell = this.cells.find((c) => c.vpEl === vpEl);
+      if (cell) this.followScroll(cell);
+    });
     for (const name of [E.STACK_NEW_IMAGE, E.VOI_MODIFIED, E.CAMERA_MODIFIED, E.IMAGE_RENDERED]) {
       vpEl.addEventListener(name, () => {
         const cell = this.cells.find((c) => c.vpEl === vpEl);
@@ -406,16 +411,44 @@ export class Viewer {
 
   applySync(): void {
     this.voiSync?.destroy();
-    this.sliceSync?.destroy();
-    this.voiSync = this.sliceSync = null;
+    this.voiSync = null;
     if (!this.sync || this.mpr) return;
     const stacks = this.cells.filter((c) => this.stackViewport(c));
     if (stacks.length < 2) return;
     this.voiSync = tools.synchronizers.createVOISynchronizer(`hilum-voi-${Date.now()}`, { syncInvertState: false, syncColormap: false });
-    this.sliceSync = tools.synchronizers.createImageSliceSynchronizer(`hilum-slice-${Date.now()}`);
-    for (const c of stacks) {
-      this.voiSync.add({ renderingEngineId: ENGINE_ID, viewportId: c.viewportId });
-      this.sliceSync.add({ renderingEngineId: ENGINE_ID, viewportId: c.viewportId });
+    for (const c of stacks) this.voiSync.add({ renderingEngineId: ENGINE_ID, viewportId: c.viewportId });
+    for (const c of stacks) this.lastIndex.set(c, this.stackViewport(c)!.getCurrentImageIdIndex());
+  }
+
+  /** Relative synchronized scrolling: the other stacks move by the same distance in mm
+   * (current and prior rarely share a frame of reference; the reader aligns them once by
+   * scrolling one with sync off, then they move together). */
+  private followScroll(source: Cell): void {
+    const vp = this.stackViewport(source);
+    const set = source.set;
+    if (!vp || !set) return;
+    const index = vp.getCurrentImageIdIndex();
+    const previous = this.lastIndex.get(source);
+    this.lastIndex.set(source, index);
+    if (this.expected.get(source) === index) {
+      this.expected.delete(source);
+      return; // moved by us
+    }
+    if (!this.sync || this.mpr || previous === undefined || previous === index) return;
+    const delta = (set.positions[index] ?? index) - (set.positions[previous] ?? previous);
+    for (const target of this.cells) {
+      const tvp = target === source ? null : this.stackViewport(target);
+      if (!tvp || !target.set || target.set.positions.length < 2) continue;
+      const tIndex = tvp.getCurrentImageIdIndex();
+      const goal = (target.set.positions[tIndex] ?? tIndex) + delta;
+      let best = tIndex;
+      target.set.positions.forEach((p, i) => {
+        if (Math.abs(p - goal) < Math.abs(target.set!.positions[best] - goal)) best = i;
+      });
+      if (best !== tIndex) {
+        this.expected.set(target, best);
+        void tvp.setImageIdIndex(best);
+      }
     }
   }
 
@@ -582,7 +615,6 @@ export class Viewer {
     this.disposers.forEach((d) => d());
     this.resizeObserver?.disconnect();
     this.voiSync?.destroy();
-    this.sliceSync?.destroy();
     this.mpr?.destroy();
     this.teardownCells();
     this.measurements?.dispose();
