@@ -82,7 +82,10 @@ def main() -> None:
         total = count * size
         runs: dict[int, int] = {}
 
-        def commit(storage: FilesystemStorage | EncryptedStorage, tag: str) -> Callable[[], None]:
+        def commit(
+            storage: FilesystemStorage | EncryptedStorage, tag: str,
+            runs: dict[int, int] = runs, blobs: list[bytes] = blobs,
+        ) -> Callable[[], None]:
             def run() -> None:
                 runs[id(storage)] = runs.get(id(storage), 0) + 1
                 _commit_all(storage, blobs, f"{tag}{runs[id(storage)]}")
@@ -91,8 +94,8 @@ def main() -> None:
         t_plain = _timed(commit(plain, "c"), 2)
         t_sealed = _timed(commit(sealed, "c"), 2)
         print(f"commit {label:27} {total / t_plain / MB:9.0f} MB/s {total / t_sealed / MB:9.0f} MB/s")
-        t_plain = _timed(lambda: _read_all(plain, f"c{runs[id(plain)]}", count))
-        t_sealed = _timed(lambda: _read_all(sealed, f"c{runs[id(sealed)]}", count))
+        t_plain = _timed(lambda runs=runs, count=count: _read_all(plain, f"c{runs[id(plain)]}", count))
+        t_sealed = _timed(lambda runs=runs, count=count: _read_all(sealed, f"c{runs[id(sealed)]}", count))
         print(f"read   {label:27} {total / t_plain / MB:9.0f} MB/s {total / t_sealed / MB:9.0f} MB/s")
 
     # One 512 KiB frame at a random offset of the 200 MB file (WADO-RS /frames/n).
@@ -110,7 +113,8 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
-    print(f"{'one 512 KiB frame of 200 MB (median)':34} {frames(plain) * 1e3:9.2f} ms {frames(sealed) * 1e3:9.2f} ms")
+    label = "one 512 KiB frame of 200 MB (median)"
+    print(f"{label:34} {frames(plain) * 1e3:9.2f} ms {frames(sealed) * 1e3:9.2f} ms")
 
     def opens(storage: FilesystemStorage | EncryptedStorage) -> float:
         started = time.perf_counter()
