@@ -357,6 +357,8 @@ def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
     page.select_option("select[aria-label=Layout]", "2x2")
     expect(page.locator(".grid .cell")).to_have_count(4)
     page.wait_for_function("() => window.hilumViewer.cells.filter(c => c.set).length === 4")
+    page.wait_for_function("() => window.hilumProbe.marks.filter(m => m.first).length >= 4")
+    page.wait_for_timeout(500)
     shot(page, shots, "viewer-2x2")
     page.select_option("select[aria-label=Layout]", "1x2")
     expect(page.locator(".grid .cell")).to_have_count(2)

@@ -15,6 +15,7 @@ import { Mpr } from './mpr';
 import { probe } from './probe';
 
 const ENGINE_ID = 'hilum-engine';
+let syncCounter = 0;
 export const STACK_GROUP = 'hilum-stack';
 
 export const LAYOUTS: Record<string, [number, number]> = {
@@ -415,7 +416,7 @@ export class Viewer {
     if (!this.sync || this.mpr) return;
     const stacks = this.cells.filter((c) => this.stackViewport(c));
     if (stacks.length < 2) return;
-    this.voiSync = tools.synchronizers.createVOISynchronizer(`hilum-voi-${Date.now()}`, { syncInvertState: false, syncColormap: false });
+    this.voiSync = tools.synchronizers.createVOISynchronizer(`hilum-voi-${++syncCounter}`, { syncInvertState: false, syncColormap: false });
     for (const c of stacks) this.voiSync.add({ renderingEngineId: ENGINE_ID, viewportId: c.viewportId });
     for (const c of stacks) this.lastIndex.set(c, this.stackViewport(c)!.getCurrentImageIdIndex());
   }
