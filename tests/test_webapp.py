@@ -645,3 +645,31 @@ def test_share_link_opens_the_study_without_an_account(site: Site, browser: Brow
         assert other in (401, 403)
     finally:
         guest.close()
+
+
+def test_roi_statistics_are_in_hounsfield_units(site: Site, context: BrowserContext, shots: Path) -> None:
+    page = context.new_page()
+    login(page, site, "rad")
+    open_viewer(page, site, site.current.study_uid, f"?series={site.current.series_uid}")
+    page.evaluate("() => window.hilumViewer.stackViewport().setImageIdIndex(12)")
+    page.wait_for_function("() => window.hilumViewer.currentIndex(0) === 12")
+    page.wait_for_timeout(300)
+    # The phantom's right lung is at about (84, 122) on a 256 matrix: -1000 + 1040 - 860 = -820 HU.
+    page.keyboard.press("e")
+    a = page.evaluate("() => window.hilumViewer.imageToPage(0, 78, 114)")
+    b = page.evaluate("() => window.hilumViewer.imageToPage(0, 92, 130)")
+    drag(page, tuple(a), tuple(b))
+    page.keyboard.press("o")  # probe in the aorta (contrast: -1000 + 1040 + 160 = 200 HU)
+    probe = page.evaluate("() => window.hilumViewer.imageToPage(0, 122, 136)")
+    page.mouse.click(*probe)
+    page.wait_for_function(
+        "() => window.hilumViewer.measurements.collect().filter(m => m.values.length).length === 2"
+    )
+    measured = {m["kind"]: m for m in page.evaluate("() => window.hilumViewer.measurements.collect()")}
+    shot(page, shots, "measure-roi-probe", cell(page))
+    values = {v["name"]: v for v in measured["ellipse"]["values"]}
+    assert values["Mean"]["unit"] == "[hnsf'U]" and -850 < values["Mean"]["value"] < -790, values
+    assert 2 < values["Standard deviation"]["value"] < 20, values
+    assert values["Area"]["unit"] == "mm2" and 20 < values["Area"]["value"] < 250, values
+    (probe_value,) = measured["probe"]["values"]
+    assert probe_value["unit"] == "[hnsf'U]" and 150 < probe_value["value"] < 250, probe_value

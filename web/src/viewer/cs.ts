@@ -7,6 +7,28 @@ export { core, tools, loader };
 
 let ready: Promise<void> | null = null;
 
+type Stats = Record<string, { value?: unknown; index?: number[] }>;
+
+/** Cornerstone's probe looks a stack image's value up at k = its index in the stack, where
+ * a single image has only k = 0, and so shows no value past the first image: read k = 0. */
+class HilumProbeTool extends tools.ProbeTool {
+  static toolName = tools.ProbeTool.toolName;
+
+  _calculateCachedStats(...args: unknown[]): Stats {
+    const base = tools.ProbeTool.prototype as unknown as { _calculateCachedStats: (...a: unknown[]) => Stats };
+    const stats = base._calculateCachedStats.apply(this, args);
+    for (const [targetId, entry] of Object.entries(stats ?? {})) {
+      if (entry && entry.value === undefined && Array.isArray(entry.index)) {
+        const image = (this as unknown as { getTargetImageData: (id: string) => { voxelManager?: { getAtIJKPoint: (p: number[]) => unknown } } | undefined })
+          .getTargetImageData(targetId);
+        const value = image?.voxelManager?.getAtIJKPoint([entry.index[0], entry.index[1], 0]);
+        if (value !== undefined) entry.value = value;
+      }
+    }
+    return stats;
+  }
+}
+
 export function initCornerstone(): Promise<void> {
   ready ??= (async () => {
     core.init();
@@ -29,7 +51,7 @@ export function initCornerstone(): Promise<void> {
     for (const Tool of [
       tools.WindowLevelTool, tools.PanTool, tools.ZoomTool, tools.StackScrollTool, tools.PlanarRotateTool,
       tools.MagnifyTool, tools.LengthTool, tools.AngleTool, tools.EllipticalROITool, tools.RectangleROITool,
-      tools.ProbeTool, tools.ArrowAnnotateTool, tools.LabelTool, tools.CrosshairsTool,
+      HilumProbeTool, tools.ArrowAnnotateTool, tools.LabelTool, tools.CrosshairsTool,
     ]) {
       tools.addTool(Tool);
     }

@@ -64,9 +64,15 @@ function frameOf(imageId: string): { series: string; sop: string; frame: number 
   return m ? { series: m[1], sop: m[2], frame: Number(m[3]) } : null;
 }
 
+/** The statistics Cornerstone computed (one entry per target; some may still be empty). */
 function statsOf(a: CsAnnotation): Record<string, unknown> {
-  const cached = a.data.cachedStats ?? {};
-  return Object.values(cached)[0] ?? {};
+  const merged: Record<string, unknown> = {};
+  for (const entry of Object.values(a.data.cachedStats ?? {})) {
+    for (const [key, value] of Object.entries(entry ?? {})) {
+      if (value !== null && value !== undefined) merged[key] = value;
+    }
+  }
+  return merged;
 }
 
 function valuesOf(kind: Kind, a: CsAnnotation): MeasuredValue[] {
@@ -86,7 +92,7 @@ function valuesOf(kind: Kind, a: CsAnnotation): MeasuredValue[] {
       add('Minimum', s.min, s.modalityUnit);
       add('Maximum', s.max, s.modalityUnit);
       break;
-    case 'probe': add('Mean', s.value, s.modalityUnit); break;
+    case 'probe': add('Mean', Array.isArray(s.value) ? s.value[0] : s.value, s.modalityUnit); break;
     default: break;
   }
   return out;
