@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from sqlalchemy import Engine, func, insert, select, update
 from hilum.auth.models import credentials_t, users_t
 from hilum.auth.policy import ALL_STUDIES, Perm, Role, permissions_of
 from hilum.domain.attributes import person_name_key
+from hilum.domain.clock import aware as _aware
+from hilum.domain.clock import utcnow as _now
 from hilum.domain.errors import HilumError
 
 LOG = logging.getLogger(__name__)
@@ -81,16 +83,6 @@ def new_token(prefix: str) -> str:
 
 def generate_password() -> str:
     return secrets.token_urlsafe(15)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def validate_username(name: str) -> str:

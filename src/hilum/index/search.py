@@ -110,6 +110,13 @@ def _condition(constraint: Constraint, level: Level, *, fuzzy: bool = False) -> 
     return _match(column, constraint)
 
 
+def missing_studies(conn: Connection, uids: list[str]) -> list[str]:
+    """The StudyInstanceUIDs of ``uids`` that no stored study has, in their order."""
+    found = conn.execute(select(S.c.study_instance_uid).where(S.c.study_instance_uid.in_(uids)))
+    stored = set(found.scalars())
+    return [uid for uid in uids if uid not in stored]
+
+
 def study_rule_condition(match: dict[str, str]) -> ColumnElement[bool]:
     """The studies matching ``match`` (study-level keyword -> DICOM matching value), as one
     condition on ``studies``: the C-FIND matcher, for group rules (auth.group_rules)."""

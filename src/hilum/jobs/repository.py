@@ -12,13 +12,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError
 
+from hilum.domain.clock import aware as _aware
+from hilum.domain.clock import utcnow
 from hilum.domain.errors import HilumError, NotFound
 from hilum.index.models import jobs_t
 
@@ -31,17 +33,6 @@ KINDS = ("store", "move")
 
 class JobConflict(HilumError):
     """The job is not in a state that allows the asked change (HTTP 409)."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything Hilum writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -8,6 +8,7 @@ from hilum.app import Services
 from hilum.config import validate_ae_title
 from hilum.domain.errors import HilumError, NotFound
 from hilum.index.models import series_t, studies_t
+from hilum.index.search import missing_studies
 from hilum.jobs.repository import JobRecord, JobStore
 from hilum.jobs.settings import JobSettings
 
@@ -68,12 +69,7 @@ def submit_job(
 
 def _check_stored(services: Services, uids: list[str], series_instance_uid: str | None) -> None:
     with services.engine.connect() as conn:
-        stored = set(
-            conn.execute(
-                select(studies_t.c.study_instance_uid).where(studies_t.c.study_instance_uid.in_(uids))
-            ).scalars()
-        )
-        missing = [uid for uid in uids if uid not in stored]
+        missing = missing_studies(conn, uids)
         if missing:
             raise NotFound(f"study {missing[0]} is not stored in Hilum")
         if series_instance_uid:

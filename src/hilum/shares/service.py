@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -32,6 +32,8 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 
 from hilum.auth.policy import SHARE_PERMISSIONS, Perm
 from hilum.auth.service import AuthError, Principal, token_digest
+from hilum.domain.clock import aware as _aware
+from hilum.domain.clock import utcnow as _now
 from hilum.domain.errors import HilumError
 from hilum.index.deletion import delete_study
 from hilum.index.models import jobs_t, studies_t
@@ -62,16 +64,6 @@ class ShareError(HilumError):
 
 def is_share_credential(token: str) -> bool:
     return token.startswith((SESSION_PREFIX, TOKEN_PREFIX))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def actor(share_id: int, created_by: str) -> str:

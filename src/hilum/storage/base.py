@@ -29,6 +29,18 @@ class CommitReceipt:
     pending: tuple[str, ...] = ()  # backend-specific (e.g. directories to fsync)
 
 
+def read_range(handle: BinaryIO, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """``length`` bytes of ``handle`` from ``start``, in chunks (fewer if the object is shorter)."""
+    handle.seek(start)
+    remaining = length
+    while remaining > 0:
+        data = handle.read(min(chunk, remaining))
+        if not data:
+            break
+        remaining -= len(data)
+        yield data
+
+
 class StorageError(Exception):
     pass
 

@@ -28,6 +28,7 @@ from hilum.storage.base import (
     ObjectNotFound,
     StorageIntegrityError,
     StoredObject,
+    read_range,
 )
 from hilum.storage.crypto import (
     HEADER_SIZE,
@@ -38,8 +39,6 @@ from hilum.storage.crypto import (
     parse_header,
 )
 from hilum.storage.filesystem import FilesystemStorage
-
-_CHUNK = 1 << 20
 
 
 class EncryptedStorage:
@@ -124,14 +123,7 @@ class EncryptedStorage:
 
     def open_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
         with self.open(key) as handle:
-            handle.seek(start)
-            remaining = length
-            while remaining > 0:
-                chunk = handle.read(min(_CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+            yield from read_range(handle, start, length)
 
     def local_path(self, key: str) -> Path | None:
         # The bytes on disk are not the object's (and a plaintext file may be replaced

@@ -31,11 +31,11 @@ from hilum.storage.base import (
     StorageError,
     StorageKeyError,
     StoredObject,
+    read_range,
 )
 from hilum.storage.crypto import MAGIC as ENCRYPTED_MAGIC
 
 _STAGING = ".staging"
-_CHUNK = 1 << 20
 
 
 def _no_key(key: str) -> StorageKeyError:
@@ -134,14 +134,7 @@ class FilesystemStorage:
 
     def open_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
         with self.open(key) as handle:
-            handle.seek(start)
-            remaining = length
-            while remaining > 0:
-                chunk = handle.read(min(_CHUNK, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+            yield from read_range(handle, start, length)
 
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
@@ -34,6 +34,7 @@ from hilum.auth.oidc.claims import Profile
 from hilum.auth.oidc.client import OidcError
 from hilum.auth.oidc.settings import OidcSettings
 from hilum.auth.service import Principal, _principal, token_digest
+from hilum.domain.clock import utcnow as _now
 
 LOGIN_MINUTES = 10
 
@@ -54,10 +55,6 @@ class SignedIn:
     linked: bool = False  # an existing user was linked to the IdP account by this sign-on
     changes: list[str] = field(default_factory=list)  # e.g. "role 'referring' -> 'radiologist'"
     roles_changed: bool = False  # its role or groups changed
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @contextmanager

@@ -16,13 +16,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from hilum.app import Services
 from hilum.auth.access import may_see, shared_studies
 from hilum.auth.policy import Role
 from hilum.auth.service import Principal
-from hilum.index.models import studies_t
+from hilum.index.search import missing_studies
 from hilum.shares.audit import share_changed, share_opened
 from hilum.shares.service import ShareError, actor
 from hilum.web.api.auth import secure_cookie
@@ -150,12 +149,7 @@ def create_share(request: Request, body: NewShare) -> ShareOut:
         raise _problem(exc) from None
     uids = list(dict.fromkeys(body.study_uids))
     with services.engine.connect() as conn:
-        stored = set(
-            conn.execute(
-                select(studies_t.c.study_instance_uid).where(studies_t.c.study_instance_uid.in_(uids))
-            ).scalars()
-        )
-        missing = [uid for uid in uids if uid not in stored]
+        missing = missing_studies(conn, uids)
         if missing:
             raise Problem(404, f"no stored study {missing[0]}")
         for uid in uids:
