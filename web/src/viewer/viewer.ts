@@ -74,9 +74,19 @@ export class Viewer {
     document.title = `${personName(study.patientName)} · ${dicomDate(study.date)} · Hilum`;
     this.sets = await seriesOf;
     for (const set of this.sets) set.study = study;
-    // Start the first series' metadata now: it is needed whatever the hanging.
     const firstImage = this.sets.find((s) => s.kind !== 'sr' && s.kind !== 'pdf');
-    if (firstImage) void loadSeries(firstImage).catch(() => undefined);
+    // Start the first series' metadata and its first image now: needed whatever the hanging.
+    if (firstImage && !params.get('series')) {
+      void loadSeries(firstImage)
+        .then(async (set) => {
+          if (set.imageIds[0]) {
+            await core.imageLoader.loadAndCacheImage(set.imageIds[0], {
+              priority: -5, requestType: core.Enums.RequestType.Interaction,
+            });
+          }
+        })
+        .catch(() => undefined);
+    }
     // Priors: a failure there must not stop the current study from opening.
     try {
       this.priors = await fetchPriors(study);
