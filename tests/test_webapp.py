@@ -663,7 +663,8 @@ def test_roi_statistics_are_in_hounsfield_units(site: Site, context: BrowserCont
     probe = page.evaluate("() => window.hilumViewer.imageToPage(0, 122, 136)")
     page.mouse.click(*probe)
     page.wait_for_function(
-        "() => window.hilumViewer.measurements.collect().filter(m => m.values.length).length === 2"
+        "() => ['ellipse', 'probe'].every(k => window.hilumViewer.measurements.collect()"
+        ".some(m => m.kind === k && m.values.length))"
     )
     measured = {m["kind"]: m for m in page.evaluate("() => window.hilumViewer.measurements.collect()")}
     shot(page, shots, "measure-roi-probe", cell(page))
