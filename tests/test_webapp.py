@@ -413,6 +413,17 @@ def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
 
     (w0, h0), (w1, h1) = extent(before), extent(rotated)
     assert w0 > h0 and h1 > w1, (w0, h0, w1, h1)
+    # Invert and flip.
+    page.keyboard.press("Escape")
+    page.keyboard.press("i")
+    page.wait_for_timeout(300)
+    inverted = centre(shot(page, shots, "ct-inverted", cell(page)))
+    assert np.corrcoef(inverted.ravel(), middle.ravel())[0, 1] < -0.9
+    page.keyboard.press("Escape")
+    page.keyboard.press("h")
+    page.wait_for_timeout(300)
+    flipped = centre(shot(page, shots, "ct-flipped", cell(page)))
+    assert np.abs(flipped - np.fliplr(middle)).mean() < np.abs(flipped - middle).mean()
     # Arrow keys scroll the stack.
     page.keyboard.press("Escape")
     index = page.evaluate("() => window.hilumViewer.currentIndex(0)")
