@@ -19,34 +19,17 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningServer, hilum_env, start_server, stop_server
+from auth_util import AUTH_ON, PASSWORD, hilum_cli, start_secure_server, token
+from conftest import RunningServer, hilum_env, stop_server
 from factory import StudySpec, stow_study
 from hilum.auth.policy import ROLE_PERMISSIONS, Perm, Role, required_permission
-from hilum.config import Settings
 
-ON = {"HILUM_AUTH__ENABLED": "true"}
-PASSWORD = "correct horse battery"
+ON = AUTH_ON
 REFERRING_NAME = "HOUSE^GREGORY"
 
 
-def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> str:
-    env = {**hilum_env(settings), **ON}
-    result = subprocess.run(
-        [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=stdin,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _token(base: str, username: str, password: str = PASSWORD) -> str:
-    reply = httpx.post(f"{base}/api/v1/auth/token", json={"username": username, "password": password})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["access_token"])
+_hilum = hilum_cli
+_token = token
 
 
 class Site:
@@ -60,25 +43,18 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    from conftest import free_port
-    from hilum.config import load_settings
 
     tmp = tmp_path_factory.mktemp("auth")
-    settings = load_settings(
-        None,
-        data_dir=tmp / "data",
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
-        http={"port": free_port(), "workers": 1},
-    )
-    server = start_server(settings, tmp, env=ON)
+    server, admin_password = start_secure_server(tmp)
+    settings = server.settings
     try:
         log = server.log.read_text()
         found = re.search(r"password: (\S+)", log)
         assert found, log
         password_file = settings.data_dir / "initial-admin-password.txt"
         assert password_file.stat().st_mode & 0o777 == 0o600
-        assert found.group(1) in password_file.read_text()
-        site = Site(server, found.group(1))
+        assert admin_password in password_file.read_text()
+        site = Site(server, admin_password)
         for role in ("radiologist", "technologist", "auditor"):
             _hilum(settings, "user", "add", role, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         _hilum(

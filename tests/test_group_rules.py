@@ -8,9 +8,6 @@ their groups, through QIDO-RS, WADO-RS and the API alike.
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,11 +16,11 @@ from pydantic import ValidationError
 from pydicom import dcmwrite
 from pydicom.filebase import DicomBytesIO
 
-from conftest import free_port, hilum_env, start_server, stop_server
+from auth_util import add_user, base_url, start_secure_server, token
+from conftest import stop_server
 from factory import StudySpec, make_study
-from hilum.config import GroupRule, load_settings
+from hilum.config import GroupRule
 
-PASSWORD = "a-long-enough-password-42"
 RULES = [
     {"group": "site-a", "match": {"InstitutionName": "SITE A*"}},
     {"group": "cardio", "match": {"ModalitiesInStudy": "US", "StudyDate": "20240101-20241231"}},
@@ -46,32 +43,17 @@ def _stow(base: str, token: str, spec: StudySpec, institution: str, modality: st
     return spec.study_uid
 
 
-def _token(base: str, user: str, password: str = PASSWORD) -> str:
-    reply = httpx.post(f"{base}/api/v1/auth/token", json={"username": user, "password": password})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["access_token"])
-
-
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_group_rules_open_sets_of_studies(tmp_path: Path, database_url: str) -> None:
-    settings = load_settings(
-        None, data_dir=tmp_path / "data", database_url=database_url,
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
-        http={"port": free_port(), "workers": 1},
+    server, password = start_secure_server(
+        tmp_path, database_url=database_url, env={"HILUM_AUTH__GROUP_RULES": json.dumps(RULES)}
     )
-    server = start_server(settings, tmp_path, env={
-        "HILUM_AUTH__ENABLED": "true", "HILUM_AUTH__GROUP_RULES": json.dumps(RULES)})
+    settings = server.settings
     try:
-        found = re.search(r"password: (\S+)", server.log.read_text())
-        assert found
-        base = f"http://127.0.0.1:{settings.http.port}"
-        admin = _token(base, "admin", found.group(1))
+        base = base_url(server)
+        admin = token(base, "admin", password)
         for user, groups in (("north", "site-a"), ("echo", "cardio"), ("nobody", "")):
-            subprocess.run(
-                [sys.executable, "-m", "hilum.cli", "user", "add", user, "--role", "referring",
-                 "--groups", groups, "--password-stdin", "--data-dir", str(settings.data_dir)],
-                input=PASSWORD + "\n", text=True, env=hilum_env(settings), check=True, capture_output=True,
-            )
+            add_user(settings, user, "referring", groups=groups)
         site_a = _stow(base, admin, StudySpec(patient_id="A1", slices=1), "SITE A NORTH")
         site_b = _stow(base, admin, StudySpec(patient_id="B1", slices=1), "SITE B")
         echo_2024 = _stow(base, admin, StudySpec(patient_id="U1", slices=1, study_date="20240310"),
@@ -80,7 +62,7 @@ def test_group_rules_open_sets_of_studies(tmp_path: Path, database_url: str) -> 
                           "SITE B", modality="US")
         expected = {"north": {site_a}, "echo": {echo_2024}, "nobody": set()}
         for user, studies in expected.items():
-            headers = {"Authorization": f"Bearer {_token(base, user)}"}
+            headers = {"Authorization": f"Bearer {token(base, user)}"}
             qido = httpx.get(f"{base}/dicomweb/studies", headers=headers)
             assert qido.status_code in (200, 204), qido.text
             seen = {s["0020000D"]["Value"][0] for s in (qido.json() if qido.status_code == 200 else [])}

@@ -19,12 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningServer, free_port, hilum_env, start_server, stop_server
+from auth_util import base_url, start_secure_server
+from auth_util import token as bearer_token
+from conftest import RunningServer, hilum_env, stop_server
 from dimse_util import snapshot
 from factory import StudySpec, stow_study
 from hilum.config import Settings, load_settings
 
-ON = {"HILUM_AUTH__ENABLED": "true", "HILUM_HTTP__MAX_UPLOAD_BYTES": str(4 * 1024 * 1024)}
+ON = {"HILUM_HTTP__MAX_UPLOAD_BYTES": str(4 * 1024 * 1024)}
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=B'
 # What must never appear in an answer: the start of /etc/passwd, or a Python traceback.
 LEAKS = re.compile(r"root:x?:0:0|Traceback \(most recent call last\)|/etc/passwd:")
@@ -43,19 +45,10 @@ TRAVERSALS = [
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, str, Any]]:
-    tmp = tmp_path_factory.mktemp("hostile")
-    settings = load_settings(
-        None, data_dir=tmp / "data",
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
-        http={"port": free_port(), "workers": 1},
-    )
-    server = start_server(settings, tmp, env=ON)
+    server, password = start_secure_server(tmp_path_factory.mktemp("hostile"), env=ON)
     try:
-        found = re.search(r"password: (\S+)", server.log.read_text())
-        assert found, server.log.read_text()
-        base = f"http://127.0.0.1:{settings.http.port}"
-        login = {"username": "admin", "password": found.group(1)}
-        token = httpx.post(f"{base}/api/v1/auth/token", json=login).json()["access_token"]
+        base = base_url(server)
+        token = bearer_token(base, "admin", password)
         [first, *_] = stow_study(base, StudySpec(patient_id="HOSTILE", slices=2), token)
         yield server, token, first
     finally:

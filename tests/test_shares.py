@@ -9,10 +9,9 @@ session cookie (+ CSRF token) or the bearer token it answers.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,13 +19,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
-from conftest import RunningServer, free_port, hilum_env, start_server, stop_server
+from auth_util import PASSWORD, hilum_cli, start_secure_server
+from auth_util import token as bearer_token
+from conftest import RunningServer, stop_server
 from factory import StudySpec, stow_study
 from hilum.auth.policy import SHARE_PERMISSIONS, Perm, required_permission, share_route_allowed
-from hilum.config import Settings, load_settings
 
 ON = {"HILUM_AUTH__ENABLED": "true", "HILUM_SHARES__PIN_ATTEMPTS": "3", "HILUM_JOBS__POLL_INTERVAL": "0.5"}
-PASSWORD = "correct horse battery"
 REFERRING = "HOUSE^GREGORY"
 # The shared patient's identifying values: none may reach the recipient of a de-identified link.
 PATIENT = StudySpec(
@@ -40,17 +39,7 @@ PATIENT = StudySpec(
 )
 
 
-def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
-        capture_output=True,
-        text=True,
-        env={**hilum_env(settings), **ON},
-        input=stdin,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+_hilum = hilum_cli
 
 
 class Site:
@@ -62,11 +51,7 @@ class Site:
         self.other: list[Any] = []
 
     def login(self, username: str, password: str = PASSWORD) -> str:
-        reply = httpx.post(
-            f"{self.base}/api/v1/auth/token", json={"username": username, "password": password}
-        )
-        assert reply.status_code == 200, reply.text
-        return str(reply.json()["access_token"])
+        return bearer_token(self.base, username, password)
 
     def as_(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -88,17 +73,10 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("shares")
-    settings = load_settings(
-        None,
-        data_dir=tmp / "data",
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
-        http={"port": free_port(), "workers": 1},
-    )
-    server = start_server(settings, tmp, env=ON)
+    server, admin_password = start_secure_server(tmp, env=ON)
+    settings = server.settings
     try:
-        found = re.search(r"password: (\S+)", server.log.read_text())
-        assert found, server.log.read_text()
-        site = Site(server, found.group(1))
+        site = Site(server, admin_password)
         for role in ("radiologist", "technologist"):
             _hilum(settings, "user", "add", role, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         _hilum(
@@ -331,11 +309,12 @@ def test_pin_and_lockout(site: Site) -> None:
 
 
 def test_expired_link_is_gone_and_its_sessions_end(site: Site) -> None:
-    created = site.share(expires_in_hours=0.0005)  # 1.8 s
+    created = site.share(expires_in_hours=0.003)  # 10.8 s: room for a loaded machine
     session = site.open_token(created["token"])
     metadata = f"{site.base}/dicomweb/studies/{site.own[0].StudyInstanceUID}/metadata"
     assert httpx.get(metadata, headers=session).status_code == 200
-    time.sleep(2.0)
+    expires = datetime.fromisoformat(created["expires_at"].replace("Z", "+00:00"))
+    time.sleep(max((expires - datetime.now(UTC)).total_seconds(), 0) + 0.5)
     gone = httpx.post(f"{site.base}/api/v1/shares/open", json={"token": created["token"]})
     assert gone.status_code == 410 and gone.json()["reason"] == "expired"
     assert gone.headers["content-type"].startswith("application/problem+json")
