@@ -2,6 +2,8 @@
 // The session cookie (HttpOnly) authenticates every request; unsafe methods carry the
 // CSRF token that login (or opening a share link) answered.
 
+import { take } from './prefetch';
+
 export const API = '/api/v1';
 export const DICOMWEB = '/dicomweb';
 
@@ -119,7 +121,8 @@ export async function request(
   if (!['GET', 'HEAD', 'OPTIONS'].includes(method) && session.csrf) headers.set('X-CSRF-Token', session.csrf);
   let response: Response;
   try {
-    response = await fetch(url, { ...init, method, headers, body, credentials: 'same-origin' });
+    const early = method === 'GET' ? take(url) : null;
+    response = await (early ?? fetch(url, { ...init, method, headers, body, credentials: 'same-origin' }));
   } catch {
     throw new ApiError(0, 'server unreachable');
   }

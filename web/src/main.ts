@@ -5,6 +5,8 @@ import { link, navigate, onNavigate, parse } from './router';
 import { renderLogin } from './pages/login';
 import { renderShare } from './pages/share';
 import { renderBrowser } from './pages/browser';
+import { prefetch } from './prefetch';
+import { seriesUrl, studyUrl } from './viewer/urls';
 
 const root = document.getElementById('app')!;
 let cleanup: (() => void) | null = null;
@@ -50,6 +52,9 @@ async function render(): Promise<void> {
       }
       cleanup = await renderBrowser(root, route.params);
     } else if (route.name === 'viewer') {
+      // The same URLs as viewer/study.ts asks for (kept in sync by studyUrl/seriesUrl).
+      prefetch(studyUrl(route.study));
+      prefetch(seriesUrl(route.study));
       const { renderViewer } = await import('./viewer/viewer');
       cleanup = await renderViewer(root, route.study, route.params);
     } else {

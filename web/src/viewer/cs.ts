@@ -33,7 +33,7 @@ export function initCornerstone(): Promise<void> {
   ready ??= (async () => {
     core.init();
     loader.init({
-      maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
+      maxWebWorkers: Math.max(2, Math.min(4, navigator.hardwareConcurrency || 2)),
       strict: false,
     });
     core.volumeLoader.registerVolumeLoader(

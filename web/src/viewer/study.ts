@@ -3,6 +3,7 @@
 import { DICOMWEB, getJSON } from '../api';
 import { kindOf, num, nums, str, TAG, type DicomJson, type SeriesKind } from '../dicom';
 import { loader } from './cs';
+import { seriesUrl, studyUrl } from './urls';
 
 export interface StudyInfo {
   uid: string;
@@ -34,13 +35,9 @@ export interface DisplaySet {
   loading?: Promise<DisplaySet>;
 }
 
-export const SERIES_FIELDS = ['SeriesDescription', 'SeriesNumber', 'Modality', 'NumberOfSeriesRelatedInstances', 'SeriesDate'];
 
 export async function fetchStudy(uid: string): Promise<StudyInfo> {
-  const q = new URLSearchParams({ StudyInstanceUID: uid });
-  for (const f of ['PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDescription', 'StudyDate', 'StudyTime',
-    'AccessionNumber', 'ReferringPhysicianName', 'ModalitiesInStudy', 'InstitutionName']) q.append('includefield', f);
-  const found = await getJSON<DicomJson[]>(`${DICOMWEB}/studies?${q}`, { headers: { Accept: 'application/dicom+json' } });
+  const found = await getJSON<DicomJson[]>(studyUrl(uid), { headers: { Accept: 'application/dicom+json' } });
   if (!found.length) {
     // Searches leave out studies one may not see; a path naming the study says why (403/404).
     await getJSON(`${DICOMWEB}/studies/${uid}/series?limit=1`, { headers: { Accept: 'application/dicom+json' } });
@@ -74,9 +71,7 @@ export async function fetchPriors(study: StudyInfo): Promise<StudyInfo[]> {
 }
 
 export async function fetchSeries(study: StudyInfo, prior: boolean): Promise<DisplaySet[]> {
-  const q = new URLSearchParams();
-  for (const f of SERIES_FIELDS) q.append('includefield', f);
-  const found = await getJSON<DicomJson[]>(`${DICOMWEB}/studies/${study.uid}/series?${q}`, { headers: { Accept: 'application/dicom+json' } });
+  const found = await getJSON<DicomJson[]>(seriesUrl(study.uid), { headers: { Accept: 'application/dicom+json' } });
   const sets = found.map((s): DisplaySet => {
     const seriesUid = str(s, TAG.SeriesInstanceUID);
     const modality = str(s, TAG.Modality);
