@@ -41,6 +41,7 @@ interface CsAnnotation {
     label?: string;
     text?: string;
     cachedStats?: Record<string, Record<string, unknown>>;
+    savedValues?: MeasuredValue[]; // as restored, until Cornerstone has computed its own
   };
   highlighted?: boolean;
   isLocked?: boolean;
@@ -179,7 +180,7 @@ export class Measurements {
         return [round(x + 0.5), round(y + 0.5)] as [number, number];
       });
       if (points.some(([x, y]) => !Number.isFinite(x) || !Number.isFinite(y))) continue;
-      const label = kind === 'arrow' ? a.data.text ?? '' : a.data.label ?? '';
+      const label = a.data.label || a.data.text || '';
       out.push({
         kind,
         series_instance_uid: ref.series,
@@ -187,7 +188,7 @@ export class Measurements {
         frame: this.isMultiframe(ref.series) ? ref.frame : null,
         points: toScoordOrder(kind, points),
         label: label || null,
-        values: valuesOf(kind, a),
+        values: valuesOf(kind, a).length ? valuesOf(kind, a) : a.data.savedValues ?? [],
       });
     }
     return out;
@@ -276,9 +277,9 @@ export class Measurements {
       },
       data: {
         handles: { points, activeHandleIndex: null, textBox: { hasMoved: false, worldPosition: [0, 0, 0], worldBoundingBox: { topLeft: [0, 0, 0], topRight: [0, 0, 0], bottomLeft: [0, 0, 0], bottomRight: [0, 0, 0] } } },
-        label: m.kind === 'arrow' ? '' : m.label ?? '',
-        text: m.kind === 'arrow' ? m.label ?? '' : undefined,
+        label: m.label ?? '',
         cachedStats: {},
+        savedValues: m.values,
       },
     };
     tools.annotation.state.addAnnotation(annotation as never, plane?.frameOfReferenceUID as string);

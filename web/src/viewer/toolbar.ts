@@ -115,8 +115,8 @@ export class Toolbar {
     group.addTool(TOOL.probe);
     group.addTool(TOOL.arrow, {
       getTextCallback: (done: (text: string) => void) => { void promptDialog('Arrow text').then((t) => done(t ?? '')); },
-      changeTextCallback: (data: { data: { text: string } }, _evt: unknown, done: (text: string) => void) => {
-        void promptDialog('Arrow text', data.data.text).then((t) => done(t ?? data.data.text));
+      changeTextCallback: (data: { data: { label: string } }, _evt: unknown, done: (text: string) => void) => {
+        void promptDialog('Arrow text', data.data.label).then((t) => done(t ?? data.data.label));
       },
     });
     group.addTool(TOOL.text, {
