@@ -496,6 +496,21 @@ def test_length_measurement_is_right_saved_restored_and_shared(
         headers={"Authorization": f"Bearer {site.token('house')}"},
     )
     assert refused.status_code == 403
+    # An arrow with its text is saved and comes back with it.
+    page.keyboard.press("x")
+    start = page.evaluate("() => window.hilumViewer.imageToPage(0, 100, 100)")
+    end = page.evaluate("() => window.hilumViewer.imageToPage(0, 140, 140)")
+    drag(page, tuple(start), tuple(end))
+    page.fill(".dialog input", "nodule")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Control+s")
+    page.wait_for_selector("#toast:has-text('Saved 2 measurements')")
+    page.reload()
+    page.wait_for_function("() => window.hilumViewer?.measurements?.collect().length === 2")
+    kinds = {m["kind"]: m for m in page.evaluate("() => window.hilumViewer.measurements.collect()")}
+    assert kinds["arrow"]["label"] == "nodule" and kinds["length"]["values"][0]["unit"] == "mm"
+    page.wait_for_selector("svg text:has-text('nodule')")
+    shot(page, shots, "measure-arrow-restored", cell(page))
 
 
 def _check_sr_with_dciodvfy(site: Site, token: str, saved: dict[str, Any], folder: Path) -> None:
