@@ -1,7 +1,7 @@
 // Timing marks for the benchmark and the end-to-end tests (window.hilumProbe).
 import type { DisplaySet } from './study';
 
-interface Mark { series: string; requested: number; first?: number; loaded?: number; failed?: number; frames: number }
+interface Mark { series: string; requested: number; first?: number; loaded?: number; failed?: number; streamed?: number; frames: number }
 
 const marks: Mark[] = [];
 (window as unknown as { hilumProbe: unknown }).hilumProbe = { marks };
@@ -23,9 +23,10 @@ export const probe = {
   firstImage(set: DisplaySet, at: number): void {
     mark(set).first ??= at;
   },
-  seriesLoaded(set: DisplaySet, at: number, failed: number): void {
+  seriesLoaded(set: DisplaySet, at: number, failed: number, streamed = 0): void {
     const m = mark(set);
     m.loaded = at;
     m.failed = failed;
+    m.streamed = streamed; // frames that came with the one-request series retrieve
   },
 };

@@ -12,6 +12,7 @@ import { fetchPriors, fetchSeries, fetchStudy, frameRate, loadSeries, type Displ
 import { showTags } from './tags';
 import { Toolbar } from './toolbar';
 import { Mpr } from './mpr';
+import { forget, streamSeries } from './bulk';
 import { probe } from './probe';
 
 const ENGINE_ID = 'hilum-engine';
@@ -349,36 +350,58 @@ export class Viewer {
     this.measurements.refresh();
   }
 
-  /** Fetch the rest of the series after the first image is on screen (progress bar). */
+  /** Fetch the rest of the series after the first image is on screen (progress bar):
+   * the whole series in one streamed request (bulk.ts), decoded as instances arrive; what
+   * that could not deliver, frame by frame. */
   private prefetch(cell: Cell, set: DisplaySet): void {
     const ids = set.imageIds;
+    const total = ids.length;
+    const started = new Set<string>();
     let done = 0;
     let failed = 0;
-    const total = ids.length;
+    let streamed = 0;
     const bar = cell.bar;
+    const cancelled = () => cell.set !== set || this.destroyed;
     const update = () => {
       bar.style.width = `${(100 * done) / total}%`;
       bar.parentElement!.hidden = done >= total;
       if (done >= total) {
-        probe.seriesLoaded(set, performance.now(), failed);
+        probe.seriesLoaded(set, performance.now(), failed, streamed);
         if (failed) toast(`${failed} image(s) of this series could not be loaded`, 'error');
       }
     };
-    update();
-    const queue = ids.map((id, i) => ({ id, i }));
-    const worker = async () => {
-      for (let next = queue.shift(); next; next = queue.shift()) {
-        if (cell.set !== set || this.destroyed) return;
-        try {
-          await core.imageLoader.loadAndCacheImage(next.id, { priority: 5, requestType: core.Enums.RequestType.Prefetch });
-        } catch {
-          failed++;
-        }
-        done++;
-        update();
+    const load = async (id: string) => {
+      if (started.has(id)) return;
+      started.add(id);
+      try {
+        await core.imageLoader.loadAndCacheImage(id, { priority: 5, requestType: core.Enums.RequestType.Prefetch });
+      } catch {
+        failed++;
       }
+      done++;
+      update();
     };
-    for (let k = 0; k < 6; k++) void worker();
+    const bySop = new Map<string, string[]>();
+    for (const id of ids) {
+      const sop = /instances\/([^/]+)\/frames/.exec(id)?.[1] ?? '';
+      bySop.set(sop, [...(bySop.get(sop) ?? []), id]);
+    }
+    const oneByOne = () => {
+      const queue = ids.filter((id) => !started.has(id));
+      const worker = async () => {
+        for (let next = queue.shift(); next; next = queue.shift()) {
+          if (cancelled()) return;
+          await load(next);
+        }
+      };
+      for (let k = 0; k < 6; k++) void worker();
+    };
+    update();
+    void streamSeries(set, (sop, count) => {
+      const frameIds = bySop.get(sop) ?? [];
+      streamed += frameIds.filter((id) => !started.has(id)).length;
+      void Promise.all(frameIds.map(load)).then(() => forget(sop, count));
+    }, cancelled).then(oneByOne, oneByOne);
   }
 
   updateOverlay(cell: Cell): void {
