@@ -4,9 +4,11 @@ rendered image, and to the whole series loaded, in headless Chromium on localhos
 Starts its own `hilum serve` (authentication off, default HTTP processes) on a scratch data
 directory, stores one CT study of 200 slices of 512x512 (16-bit, ~100 MB) through
 STOW-RS, then opens the study list in Chromium and clicks the study, several times:
-"cold" in a new browser profile (the app's code not yet cached) and "warm" in the same
-page after going back (code cached, images fetched again). Targets: first image
-< 1 s, whole series < 5 s.
+"cold" in a new browser profile (the app's code not yet cached) clicking as soon as the
+list shows, "warm" in the same browser after going back (code cached, images fetched
+again), and in a new profile clicking after 1.5 s on the list (the list page loads the
+viewer's code meanwhile, as it does for a reader). Targets: first image < 1 s, whole
+series < 5 s.
 
     .venv/bin/python bench/viewer.py [--slices 200] [--runs 3] [--append-results]
 
@@ -93,10 +95,11 @@ def start(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit(f"hilum serve did not start:\n{(data / 'server.log').read_text()}")
 
 
-def click_and_time(page, base: str, study: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def click_and_time(page, base: str, study: str, dwell: float = 0.0) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     page.goto(f"{base}/studies")
     link = page.locator(f"tr[data-study='{study}'] a")
     link.wait_for()
+    page.wait_for_timeout(dwell * 1000)  # a reader looks at the list before clicking
     page.evaluate(
         "() => { window.__clickAt = null; addEventListener('mousedown',"
         " () => { window.__clickAt = performance.now() }, { capture: true, once: true }) }"
@@ -148,6 +151,7 @@ def main() -> None:
         print(f"stored {args.slices} slices of {args.size}x{args.size} in {time.monotonic() - t:.1f} s")
         cold: list[tuple[float, float]] = []
         warm: list[tuple[float, float]] = []
+        read: list[tuple[float, float]] = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             for run in range(args.runs):
@@ -156,9 +160,13 @@ def main() -> None:
                 cold.append(click_and_time(page, base, spec.study_uid))
                 warm.append(click_and_time(page, base, spec.study_uid))
                 context.close()
+                context = browser.new_context(viewport={"width": 1400, "height": 900})
+                read.append(click_and_time(context.new_page(), base, spec.study_uid, dwell=1.5))
+                context.close()
                 print(
                     f"run {run + 1}: cold first {cold[-1][0]:.0f} ms, all {cold[-1][1]:.0f} ms; "
-                    f"warm first {warm[-1][0]:.0f} ms, all {warm[-1][1]:.0f} ms"
+                    f"warm first {warm[-1][0]:.0f} ms, all {warm[-1][1]:.0f} ms; "
+                    f"after 1.5 s on the list first {read[-1][0]:.0f} ms, all {read[-1][1]:.0f} ms"
                 )
             browser.close()
     finally:
@@ -175,6 +183,7 @@ def main() -> None:
     rows = [
         ("cold (new browser profile)", med(cold, 0), med(cold, 1)),
         ("warm (app code cached)", med(warm, 0), med(warm, 1)),
+        ("new profile, click after 1.5 s on the list", med(read, 0), med(read, 1)),
     ]
     lines = [
         f"| {name} | {first:.0f} ms | {all_:.0f} ms | {'met' if first < 1000 else 'MISSED'} / "
@@ -193,9 +202,11 @@ def main() -> None:
                 f"`bench/viewer.py --slices {args.slices} --runs {args.runs}`: one CT study, "
                 f"{args.slices} slices of {args.size}x{args.size} 16-bit, Hilum on 127.0.0.1 (default "
                 "HTTP processes, auth off), headless Debian Chromium (WebGL by SwiftShader), "
-                f"{cpu} cores shared with the server (load average {os.getloadavg()[0]:.1f} at the end). "
-                f"Medians of {args.runs} runs. Frames come one "
-                "WADO-RS request each (dicom-image-loader's wadors scheme), uncompressed.\n\n" + table + "\n"
+                f"{cpu} cores shared with the server (load average {os.getloadavg()[0]:.1f} at the end, "
+                "other work running on the machine). "
+                f"Medians of {args.runs} runs: "
+                "the first image by one WADO-RS frame request, the whole series by one streamed "
+                "series retrieve, uncompressed.\n\n" + table + "\n"
             )
 
 
