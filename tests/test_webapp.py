@@ -704,3 +704,31 @@ def test_roi_statistics_are_in_hounsfield_units(site: Site, context: BrowserCont
     assert values["Area"]["unit"] == "mm2" and 20 < values["Area"]["value"] < 250, values
     (probe_value,) = measured["probe"]["values"]
     assert probe_value["unit"] == "[hnsf'U]" and 150 < probe_value["value"] < 250, probe_value
+
+
+def test_sso_button_and_unreachable_server_messages(site: Site, context: BrowserContext, shots: Path) -> None:
+    page = context.new_page()
+    # The SSO button appears with the label the server gives (GET /auth/providers).
+    page.route(
+        "**/api/v1/auth/providers",
+        lambda route: route.fulfill(
+            json={
+                "password": True,
+                "oidc": {"enabled": True, "label": "Hospital login", "login_url": "/api/v1/auth/oidc/login"},
+            }
+        ),
+    )
+    page.goto(f"{site.base}/login?next=/studies%3FPatientID%3DWEB001")
+    button = page.locator("a.sso-button")
+    expect(button).to_have_text("Hospital login")
+    assert button.get_attribute("href") == "/api/v1/auth/oidc/login?next=%2Fstudies%3FPatientID%3DWEB001"
+    shot(page, shots, "login-sso")
+    # A server that cannot be reached is said so, not shown as an empty list.
+    login(page, site, "rad")
+    page.route("**/api/v1/studies?*", lambda route: route.abort())
+    page.fill("input[name=PatientName]", "x")
+    expect(page.locator(".status.error")).to_contain_text("Server unreachable")
+    page.route("**/dicomweb/studies?*", lambda route: route.abort())
+    page.goto(f"{site.base}/viewer/{site.current.study_uid}")
+    expect(page.locator(".center-message.error")).to_contain_text("Server unreachable")
+    shot(page, shots, "viewer-unreachable")
