@@ -407,14 +407,25 @@ def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
 
     def extent(img: np.ndarray) -> tuple[int, int]:
         h = img.shape[0]
-        mask = img[int(h * 0.1) : int(h * 0.9)] > 30  # rows clear of the corner texts
+        w = img.shape[1]
+        # Clear of the corner texts and the orientation letters at the edges.
+        mask = img[int(h * 0.1) : int(h * 0.9), int(w * 0.06) : int(w * 0.94)] > 30
         ys, xs = np.nonzero(mask)
         return int(xs.max() - xs.min()), int(ys.max() - ys.min())
 
     (w0, h0), (w1, h1) = extent(before), extent(rotated)
     assert w0 > h0 and h1 > w1, (w0, h0, w1, h1)
+    # Orientation letters follow the view: rotated 90° right, the patient's right is on top.
+    orient = page.locator(".grid .cell[data-index='0']")
+
+    def letters() -> list[str]:
+        return [orient.locator(f".orient.{side}").inner_text() for side in ("left", "right", "top", "bottom")]
+
+    assert letters() == ["P", "A", "R", "L"]
     # Invert and flip.
     page.keyboard.press("Escape")
+    page.wait_for_timeout(200)
+    assert letters() == ["R", "L", "A", "P"]  # axial: the patient's right on the screen's left
     page.keyboard.press("i")
     page.wait_for_timeout(300)
     inverted = centre(shot(page, shots, "ct-inverted", cell(page)))
@@ -424,6 +435,7 @@ def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
     page.wait_for_timeout(300)
     flipped = centre(shot(page, shots, "ct-flipped", cell(page)))
     assert np.abs(flipped - np.fliplr(middle)).mean() < np.abs(flipped - middle).mean()
+    assert orient.locator(".orient.left").inner_text() == "L"
     # Arrow keys scroll the stack.
     page.keyboard.press("Escape")
     index = page.evaluate("() => window.hilumViewer.currentIndex(0)")

@@ -4,14 +4,45 @@ import { h, mount } from '../dom';
 import { core } from './cs';
 import type { DisplaySet } from './study';
 
-export interface Corners { tl: HTMLElement; tr: HTMLElement; bl: HTMLElement; br: HTMLElement }
+export interface Corners {
+  tl: HTMLElement; tr: HTMLElement; bl: HTMLElement; br: HTMLElement;
+  top: HTMLElement; bottom: HTMLElement; left: HTMLElement; right: HTMLElement;
+}
 
 export function makeCorners(parent: HTMLElement): Corners {
   const corners = {
     tl: h('div.overlay.tl'), tr: h('div.overlay.tr'), bl: h('div.overlay.bl'), br: h('div.overlay.br'),
+    top: h('div.orient.top'), bottom: h('div.orient.bottom'), left: h('div.orient.left'), right: h('div.orient.right'),
   };
-  parent.append(corners.tl, corners.tr, corners.bl, corners.br);
+  parent.append(...Object.values(corners));
   return corners;
+}
+
+/** Patient direction letters of a world (LPS) vector: up to two, strongest first. */
+export function directionLetters(v: number[]): string {
+  const names: [string, string][] = [['L', 'R'], ['P', 'A'], ['H', 'F']];
+  const norm = Math.hypot(v[0], v[1], v[2]) || 1;
+  return [0, 1, 2]
+    .map((i) => ({ i, w: v[i] / norm }))
+    .filter((c) => Math.abs(c.w) > 0.3)
+    .sort((a, b) => Math.abs(b.w) - Math.abs(a.w))
+    .slice(0, 2)
+    .map((c) => names[c.i][c.w > 0 ? 0 : 1])
+    .join('');
+}
+
+/** Orientation letters at the edges, from where the canvas edges are in the patient. */
+export function fillOrientation(corners: Corners, toWorld: ((p: [number, number]) => number[]) | null, w: number, h: number): void {
+  if (!toWorld) {
+    for (const el of [corners.top, corners.bottom, corners.left, corners.right]) el.textContent = '';
+    return;
+  }
+  const c = toWorld([w / 2, h / 2]);
+  const edge = (p: [number, number]) => { const q = toWorld(p); return [q[0] - c[0], q[1] - c[1], q[2] - c[2]]; };
+  corners.top.textContent = directionLetters(edge([w / 2, 0]));
+  corners.bottom.textContent = directionLetters(edge([w / 2, h]));
+  corners.left.textContent = directionLetters(edge([0, h / 2]));
+  corners.right.textContent = directionLetters(edge([w, h / 2]));
 }
 
 export function fillStatic(corners: Corners, set: DisplaySet, instance: DicomJson | undefined): void {

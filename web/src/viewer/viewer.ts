@@ -7,7 +7,7 @@ import { link, navigate } from '../router';
 import { core, initCornerstone, tools } from './cs';
 import { otherObject, renderPDF, renderSR, renderVideo } from './docs';
 import { Measurements } from './measure';
-import { fillDynamic, fillStatic, makeCorners, type Corners } from './overlay';
+import { fillDynamic, fillOrientation, fillStatic, makeCorners, type Corners } from './overlay';
 import { fetchPriors, fetchSeries, fetchStudy, frameRate, loadSeries, type DisplaySet, type StudyInfo } from './study';
 import { showTags } from './tags';
 import { Toolbar } from './toolbar';
@@ -299,6 +299,7 @@ export class Viewer {
     cell.el.querySelector('.cell-error')?.remove();
     cell.el.querySelector('.empty')?.remove();
     mount(cell.corners.tl); mount(cell.corners.tr); mount(cell.corners.bl); mount(cell.corners.br);
+    fillOrientation(cell.corners, null, 0, 0);
     const spinner = h('div.empty', h('div', h('div.spinner'), 'Loading series…'));
     cell.el.appendChild(spinner);
     this.drawPanel();
@@ -414,6 +415,9 @@ export class Viewer {
     let zoom: number | undefined;
     try { zoom = vp.getZoom(); } catch { zoom = undefined; }
     fillDynamic(cell.corners, set, index, instance, props.voiRange, zoom, cell.cine ? `▶ ${this.toolbar.fps()} fps` : '');
+    const hasGeometry = !!instance?.['00200037']?.Value?.length;
+    const rect = cell.vpEl.getBoundingClientRect();
+    fillOrientation(cell.corners, hasGeometry ? (p) => Array.from(vp.canvasToWorld(p)) : null, rect.width, rect.height);
   }
 
   instanceAt(set: DisplaySet, imageIndex: number): DicomJson | undefined {
