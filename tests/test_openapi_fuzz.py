@@ -50,7 +50,9 @@ def test_no_server_errors_for_generated_requests(settings: Settings, tmp_path: P
                 "--phases", "coverage,fuzzing",
                 # Echo waits for a network timeout per generated host: slow and not a server error.
                 "--exclude-path-regex", "/echo$",
-                "--workers", "2",
+                # One worker: in CPython 3.11 ast.parse in two threads at once can fail with
+                # "AST constructor recursion depth mismatch" (hypothesis parses lambdas).
+                "--workers", "1",
                 "--seed", "20261129",
             ],
             capture_output=True, text=True, timeout=900, cwd=tmp_path,
