@@ -651,6 +651,31 @@ def test_phone_layout_and_touch_scroll(site: Site, browser: Browser, shots: Path
         after = page.evaluate("() => window.hilumViewer.currentIndex(0)")
         assert after != before, (before, after)
         shot(page, shots, "phone-after-swipe")
+        # Pinch (two fingers moving apart) zooms in.
+        zoom = page.evaluate("() => window.hilumViewer.stackViewport().getZoom()")
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {
+                "type": "touchStart",
+                "touchPoints": [{"x": x - 30, "y": y, "id": 1}, {"x": x + 30, "y": y, "id": 2}],
+            },
+        )
+        for k in range(1, 11):
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {
+                    "type": "touchMove",
+                    "touchPoints": [
+                        {"x": x - 30 - 8 * k, "y": y, "id": 1},
+                        {"x": x + 30 + 8 * k, "y": y, "id": 2},
+                    ],
+                },
+            )
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        page.wait_for_timeout(400)
+        zoomed = page.evaluate("() => window.hilumViewer.stackViewport().getZoom()")
+        assert zoomed > zoom * 1.1, (zoom, zoomed)
+        shot(page, shots, "phone-after-pinch")
     finally:
         phone.close()
 
