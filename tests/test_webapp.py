@@ -601,8 +601,7 @@ def test_report_pdf_and_cine_clip(site: Site, context: BrowserContext, shots: Pa
     open_viewer(page, site, site.current.study_uid, f"?series={site.series['us']}")
     page.keyboard.press("c")  # cine
     first = page.evaluate("() => window.hilumViewer.currentIndex(0)")
-    page.wait_for_timeout(600)
-    assert page.evaluate("() => window.hilumViewer.currentIndex(0)") != first
+    page.wait_for_function(f"() => window.hilumViewer.currentIndex(0) !== {first}", timeout=10000)
     page.keyboard.press("c")
     shot(page, shots, "cine-us", cell(page))
     # Drag the report into the viewport: readable text.
