@@ -62,8 +62,11 @@ def post_job(client: httpx.Client, **body: Any) -> dict[str, Any]:
     return job
 
 
+# Long enough for one lost C-STORE response (the SCU waits dimse_timeout = 60 s) and the
+# job's automatic retry: seen in CI, where Hilum's SCU once took the first C-STORE-RSP for an
+# unexpected request (pynetdicom warning) and the retry then delivered the instance.
 def wait_job(
-    client: httpx.Client, job_id: int, *states: str, timeout: float = 60, **where: Any
+    client: httpx.Client, job_id: int, *states: str, timeout: float = 150, **where: Any
 ) -> dict[str, Any]:
     last: dict[str, Any] = {}
 

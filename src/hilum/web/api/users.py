@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from hilum.app import Services
 from hilum.audit import builders
@@ -117,23 +118,31 @@ def add_grant(request: Request, study_uid: str, body: Grant) -> dict[str, Any]:
     caller = principal_of(request)
     if body.principal_kind == "user":
         _account(lambda: auth_service(request).user_id(body.principal))
-    with services.engine.begin() as conn:
+    uid = checked_uid(study_uid)
+    # Read and write in separate transactions: on SQLite a deferred transaction that reads
+    # first cannot take the write lock once another connection (the audit writer) has
+    # written since ("database is locked" without waiting for the busy timeout).
+    with services.engine.connect() as conn:
         exists = conn.execute(
             select(study_grants_t.c.id).where(
-                study_grants_t.c.study_instance_uid == checked_uid(study_uid),
+                study_grants_t.c.study_instance_uid == uid,
                 study_grants_t.c.principal_kind == body.principal_kind,
                 study_grants_t.c.principal == body.principal,
             )
         ).first()
-        if exists is None:
-            conn.execute(
-                insert(study_grants_t).values(
-                    study_instance_uid=study_uid,
-                    principal_kind=body.principal_kind,
-                    principal=body.principal,
-                    created_by=caller.username if caller else "",
+    if exists is None:
+        try:
+            with services.engine.begin() as conn:
+                conn.execute(
+                    insert(study_grants_t).values(
+                        study_instance_uid=uid,
+                        principal_kind=body.principal_kind,
+                        principal=body.principal,
+                        created_by=caller.username if caller else "",
+                    )
                 )
-            )
+        except IntegrityError:
+            pass  # granted at the same moment by another request: the grant exists
     _audit_grant(request, study_uid, f"opened to {body.principal_kind} {body.principal}")
     return {"study_instance_uid": study_uid, **body.model_dump()}
 
