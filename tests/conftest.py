@@ -232,3 +232,6 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed (scripts/test.sh installs DCMTK / dicom3tools)")
     return path
+
+# The web application's browser fixtures (browser, context, shots) for tests/test_webapp*.py.
+pytest_plugins = ["webapp_util"]

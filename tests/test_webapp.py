@@ -8,13 +8,12 @@ after a reload and as another user; MPR; a phone; compressed studies; reports, P
 a cine clip. Screenshots are kept under the test's tmp dir (and /tmp/hilum-shots).
 """
 
+
 from __future__ import annotations
 
-import io
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, RunningServer, free_port, hilum_env, start_server, stop_server
-from hilum.config import Settings, load_settings
+from auth_util import PASSWORD
+from webapp_util import (
+    SHOTS,
+    WEBAPP_MARKS,
+    Site,
+    box_centre,
+    cell,
+    centre,
+    drag,
+    login,
+    open_viewer,
+    shot,
+    site_server,
+)
 from webdata import (
     CtSpec,
     JPEG2000Lossless,
@@ -40,93 +51,42 @@ from webdata import (
 )
 
 pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect
 
-CHROMIUM = "/usr/bin/chromium"
-DIST = REPO / "web" / "dist"
-ON = {"HILUM_AUTH__ENABLED": "true"}
-PASSWORD = "correct horse battery"
-SHOTS = Path("/tmp/hilum-shots")
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
-    pytest.mark.skipif(not (DIST / "index.html").exists(), reason="web app not built (scripts/build-web.sh)"),
-]
+pytestmark = WEBAPP_MARKS
 
 
-class Site:
-    def __init__(self, server: RunningServer, admin_password: str) -> None:
-        self.server = server
-        self.base = f"http://127.0.0.1:{server.settings.http.port}"
-        self.admin_password = admin_password
-        self.current = CtSpec(slices=24)
-        self.prior = CtSpec(
-            study_date="20230105",
-            study_time="081500",
-            accession="WACC000",
-            description="CT CHEST PRIOR",
-            slices=16,
-        )
-        self.other = CtSpec(
-            patient_id="WEB002",
-            patient_name="OTHER^OTTO",
-            accession="WACC900",
-            referring="WILSON^JAMES",
-            description="CT ABDOMEN",
-            slices=4,
-        )
-        self.series: dict[str, str] = {}
+class Studies:
+    """What the site holds: a CT with its prior (patient WEB001, referred by HOUSE) and
+    another patient's CT (referred by WILSON)."""
 
-    def token(self, user: str, password: str = PASSWORD) -> str:
-        reply = httpx.post(f"{self.base}/api/v1/auth/token", json={"username": user, "password": password})
-        assert reply.status_code == 200, reply.text
-        return str(reply.json()["access_token"])
-
-
-def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
-        capture_output=True,
-        text=True,
-        env={**hilum_env(settings), **ON},
-        input=stdin,
-        timeout=120,
+    current = CtSpec(slices=24)
+    prior = CtSpec(
+        study_date="20230105",
+        study_time="081500",
+        accession="WACC000",
+        description="CT CHEST PRIOR",
+        slices=16,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    other = CtSpec(
+        patient_id="WEB002",
+        patient_name="OTHER^OTTO",
+        accession="WACC900",
+        referring="WILSON^JAMES",
+        description="CT ABDOMEN",
+        slices=4,
+    )
+
+
+class WebSite(Site):
+    current, prior, other = Studies.current, Studies.prior, Studies.other
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("webapp")
-    settings = load_settings(
-        None,
-        data_dir=tmp / "data",
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 1},
-        http={"port": free_port(), "workers": 1},
-    )
-    server = start_server(settings, tmp, env=ON)
-    try:
-        found = re.search(r"password: (\S+)", server.log.read_text())
-        assert found
-        site = Site(server, found.group(1))
-        for user, role, person in (
-            ("rad", "radiologist", None),
-            ("rad2", "radiologist", None),
-            ("house", "referring", "HOUSE^GREGORY"),
-            ("wilson", "referring", "WILSON^JAMES"),
-        ):
-            extra = ["--person-name", person] if person else []
-            _hilum(
-                settings,
-                "user",
-                "add",
-                user,
-                "--role",
-                role,
-                *extra,
-                "--password-stdin",
-                stdin=PASSWORD + "\n",
-            )
-        auth = {"Authorization": f"Bearer {site.token('admin', site.admin_password)}"}
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSite]:
+    with site_server(tmp_path_factory.mktemp("webapp")) as plain:
+        site = WebSite(plain.server, plain.admin_password)
+        auth = site.admin_headers()
         current = ct_series(site.current)
         site.series["ct"] = site.current.series_uid
         j2k, jls, rle = (
@@ -141,94 +101,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         stow(site.base, ct_series(site.prior), auth)
         stow(site.base, ct_series(site.other), auth)
         yield site
-    finally:
-        stop_server(server)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--headless",
-                "--disable-gpu",
-                "--use-angle=swiftshader",
-                "--enable-unsafe-swiftshader",
-                "--disable-dev-shm-usage",
-            ],
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    SHOTS.mkdir(exist_ok=True)
-    return tmp_path
-
-
-def shot(page: Page, folder: Path, name: str, element: Any = None) -> np.ndarray:
-    """Screenshot (page or element) saved as an artifact; its pixels as a grey-level array."""
-    data = (element or page).screenshot()
-    (folder / f"{name}.png").write_bytes(data)
-    (SHOTS / f"{name}.png").write_bytes(data)
-    return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)
-
-
-def login(page: Page, site: Site, user: str, password: str = PASSWORD) -> None:
-    page.goto(f"{site.base}/login")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r".*/studies.*"))
-
-
-def open_viewer(page: Page, site: Site, study: str, query: str = "") -> None:
-    page.goto(f"{site.base}/viewer/{study}{query}")
-    page.wait_for_function(
-        "() => window.hilumProbe && window.hilumProbe.marks.some(m => m.first)", timeout=30000
-    )
-    page.wait_for_timeout(300)
-
-
-def centre(pixels: np.ndarray, frac: float = 0.6) -> np.ndarray:
-    """The middle of a viewport screenshot, away from the corner overlays."""
-    h, w = pixels.shape
-    dh, dw = int(h * (1 - frac) / 2), int(w * (1 - frac) / 2)
-    return pixels[dh : h - dh, dw : w - dw]
-
-
-def cell(page: Page, index: int = 0) -> Any:
-    return page.locator(f".grid .cell[data-index='{index}'] .vp")
-
-
-def drag(page: Page, start: tuple[float, float], end: tuple[float, float], button: str = "left") -> None:
-    page.mouse.move(*start)
-    page.mouse.down(button=button)  # type: ignore[arg-type]
-    for k in range(1, 11):
-        page.mouse.move(start[0] + (end[0] - start[0]) * k / 10, start[1] + (end[1] - start[1]) * k / 10)
-    page.mouse.up(button=button)  # type: ignore[arg-type]
-    page.wait_for_timeout(250)
-
-
-def box_centre(locator: Any) -> tuple[float, float]:
-    box = locator.bounding_box()
-    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
 
 # -- serving the app ------------------------------------------------------------------
 
 
-def test_app_is_served_publicly_without_shadowing_the_apis(site: Site) -> None:
+def test_app_is_served_publicly_without_shadowing_the_apis(site: WebSite) -> None:
     with httpx.Client(base_url=site.base) as client:
         index = client.get("/")
         assert index.status_code == 200 and "text/html" in index.headers["content-type"]
@@ -269,7 +147,7 @@ def test_without_a_build_the_root_says_so(tmp_path: Path) -> None:
 # -- sign in, search ------------------------------------------------------------------
 
 
-def test_login_search_sort_and_logout(site: Site, context: BrowserContext, shots: Path) -> None:
+def test_login_search_sort_and_logout(site: WebSite, context: BrowserContext, shots: Path) -> None:
     page = context.new_page()
     page.goto(f"{site.base}/studies")
     page.wait_for_url(re.compile(r".*/login\?next=.*"))
@@ -321,7 +199,7 @@ def test_login_search_sort_and_logout(site: Site, context: BrowserContext, shots
 
 
 def test_referring_physician_sees_only_own_studies_and_gets_a_clear_refusal(
-    site: Site, context: BrowserContext, shots: Path
+    site: WebSite, context: BrowserContext, shots: Path
 ) -> None:
     page = context.new_page()
     login(page, site, "wilson")
@@ -335,7 +213,7 @@ def test_referring_physician_sees_only_own_studies_and_gets_a_clear_refusal(
 
 
 def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
-    site: Site, context: BrowserContext, shots: Path
+    site: WebSite, context: BrowserContext, shots: Path
 ) -> None:
     page = context.new_page()
     login(page, site, "rad")
@@ -449,7 +327,7 @@ def test_ct_shows_a_real_image_and_wl_zoom_pan_rotate_change_it(
 
 
 def test_length_measurement_is_right_saved_restored_and_shared(
-    site: Site, browser: Browser, context: BrowserContext, shots: Path
+    site: WebSite, browser: Browser, context: BrowserContext, shots: Path
 ) -> None:
     page = context.new_page()
     login(page, site, "rad")
@@ -525,7 +403,7 @@ def test_length_measurement_is_right_saved_restored_and_shared(
     shot(page, shots, "measure-arrow-restored", cell(page))
 
 
-def _check_sr_with_dciodvfy(site: Site, token: str, saved: dict[str, Any], folder: Path) -> None:
+def _check_sr_with_dciodvfy(site: WebSite, token: str, saved: dict[str, Any], folder: Path) -> None:
     url = (
         f"{site.base}/dicomweb/studies/{site.current.study_uid}/series/{saved['series_instance_uid']}"
         f"/instances/{saved['sop_instance_uid']}"
@@ -550,7 +428,7 @@ def _check_sr_with_dciodvfy(site: Site, token: str, saved: dict[str, Any], folde
     assert not errors, output
 
 
-def test_mpr_shows_three_orientations(site: Site, context: BrowserContext, shots: Path) -> None:
+def test_mpr_shows_three_orientations(site: WebSite, context: BrowserContext, shots: Path) -> None:
     page = context.new_page()
     login(page, site, "rad")
     open_viewer(page, site, site.current.study_uid, f"?series={site.current.series_uid}")
@@ -577,7 +455,7 @@ def test_mpr_shows_three_orientations(site: Site, context: BrowserContext, shots
     page.wait_for_selector(".grid .cell[data-index='0']")
 
 
-def test_compressed_series_display_identically(site: Site, context: BrowserContext, shots: Path) -> None:
+def test_compressed_series_display_identically(site: WebSite, context: BrowserContext, shots: Path) -> None:
     page = context.new_page()
     login(page, site, "rad")
     images = {}
@@ -595,7 +473,7 @@ def test_compressed_series_display_identically(site: Site, context: BrowserConte
     assert np.abs(images["j2k"] - images["rle"]).mean() < 1
 
 
-def test_report_pdf_and_cine_clip(site: Site, context: BrowserContext, shots: Path) -> None:
+def test_report_pdf_and_cine_clip(site: WebSite, context: BrowserContext, shots: Path) -> None:
     page = context.new_page()
     login(page, site, "rad")
     open_viewer(page, site, site.current.study_uid, f"?series={site.series['us']}")
@@ -614,7 +492,7 @@ def test_report_pdf_and_cine_clip(site: Site, context: BrowserContext, shots: Pa
     shot(page, shots, "pdf")
 
 
-def test_phone_layout_and_touch_scroll(site: Site, browser: Browser, shots: Path) -> None:
+def test_phone_layout_and_touch_scroll(site: WebSite, browser: Browser, shots: Path) -> None:
     phone = browser.new_context(
         viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=2
     )
@@ -679,7 +557,7 @@ def test_phone_layout_and_touch_scroll(site: Site, browser: Browser, shots: Path
         phone.close()
 
 
-def test_share_link_opens_the_study_without_an_account(site: Site, browser: Browser, shots: Path) -> None:
+def test_share_link_opens_the_study_without_an_account(site: WebSite, browser: Browser, shots: Path) -> None:
     created = httpx.post(
         f"{site.base}/api/v1/shares",
         json={"study_uids": [site.current.study_uid], "pin": "2468", "expires_in_hours": 1},
@@ -713,7 +591,7 @@ def test_share_link_opens_the_study_without_an_account(site: Site, browser: Brow
         guest.close()
 
 
-def test_roi_statistics_are_in_hounsfield_units(site: Site, context: BrowserContext, shots: Path) -> None:
+def test_roi_statistics_are_in_hounsfield_units(site: WebSite, context: BrowserContext, shots: Path) -> None:
     page = context.new_page()
     login(page, site, "rad")
     open_viewer(page, site, site.current.study_uid, f"?series={site.current.series_uid}")
@@ -742,7 +620,9 @@ def test_roi_statistics_are_in_hounsfield_units(site: Site, context: BrowserCont
     assert probe_value["unit"] == "[hnsf'U]" and 150 < probe_value["value"] < 250, probe_value
 
 
-def test_sso_button_and_unreachable_server_messages(site: Site, context: BrowserContext, shots: Path) -> None:
+def test_sso_button_and_unreachable_server_messages(
+    site: WebSite, context: BrowserContext, shots: Path
+) -> None:
     page = context.new_page()
     # The SSO button appears with the label the server gives (GET /auth/providers).
     page.route(
