@@ -28,6 +28,7 @@ class Perm(StrEnum):
     STUDY_EXPORT = "study.export"  # zip download, send to another AE
     STUDY_GRANT = "study.grant"  # open a study to a user or group
     STUDY_SHARE = "study.share"  # share links to studies one may see
+    STUDY_READING = "study.reading"  # set a study's reading status (start reading, mark read)
     CHANGES_READ = "changes.read"  # the change feed (every study)
     NODES_READ = "nodes.read"
     NODES_WRITE = "nodes.write"
@@ -49,6 +50,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Perm]] = {
             Perm.STUDY_EXPORT,
             Perm.STUDY_GRANT,
             Perm.STUDY_SHARE,
+            Perm.STUDY_READING,
             Perm.JOBS_READ,
             Perm.JOBS_WRITE,
             Perm.NODES_READ,
@@ -110,6 +112,8 @@ ROUTES: list[Rule] = [
     # The viewer's measurements, stored as DICOM SR (web/api/annotations.py).
     _rule("GET HEAD", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_READ),
     _rule("POST", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_WRITE),
+    # Reading status (web/api/reading.py): radiologists; anyone who sees the study reads it.
+    _rule("PUT", r"/api/v1/studies/\{study_uid\}/reading", Perm.STUDY_READING),
     _rule("GET HEAD", _RESOURCES + r"(/.*)?", Perm.STUDY_READ),
     _rule("DELETE", _RESOURCES + r"/.*", Perm.STUDY_DELETE),
     _rule("GET", r"/api/v1/changes", Perm.CHANGES_READ),

@@ -92,6 +92,12 @@ class Study(_columns_mixin(Level.STUDY, "study_instance_uid", "study_date", "acc
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Reading status (hilum.index.reading): unread | in_progress | read, a string checked in
+    # code so that later statuses (preliminary, final) need no schema change; who set it
+    # (NULL when unread) and when it last changed.
+    reading_status: Mapped[str] = mapped_column(String(16), server_default="unread")
+    reading_user: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reading_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Series(_columns_mixin(Level.SERIES, "series_instance_uid", "modality"), Base):  # type: ignore[misc]
@@ -192,6 +198,10 @@ class CommitmentRequest(Base):
 
 
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
+# Worklists: filter by reading status, newest (or oldest) first within it.
+Index(
+    "ix_studies_reading_status_date", Study.reading_status, Study.study_date, Study.__table__.c.study_time
+)
 Index("ix_patients_birth_date", Patient.__table__.c.patient_birth_date)
 Index("ix_series_study_modality", Series.study_pk, Series.modality)
 Index("ix_instances_series_number", Instance.series_pk, Instance.__table__.c.instance_number)

@@ -29,6 +29,7 @@ from hilum.domain.query import Constraint, MatchKind, constraint_for
 from hilum.domain.query import Query as MatchQuery
 from hilum.export.archive import stream_archive
 from hilum.index import deletion
+from hilum.index.reading import changed_after_read, parse_statuses, status_condition, status_rank
 from hilum.index.search import TABLE, build_select, matching_instances
 from hilum.web.deps import EngineDep, ServicesDep, checked_uid
 from hilum.web.problems import Problem
@@ -64,6 +65,10 @@ EXTRA: dict[Level, dict[str, Any]] = {
         "size_bytes": S.c.size_bytes,
         "created_at": S.c.created_at,
         "updated_at": S.c.updated_at,
+        "reading_status": S.c.reading_status,
+        "reading_user": S.c.reading_user,
+        "reading_changed_at": S.c.reading_changed_at,
+        "changed_after_read": changed_after_read,
     },
     Level.SERIES: {"created_at": SE.c.created_at, "updated_at": SE.c.updated_at},
     Level.IMAGE: {
@@ -90,6 +95,8 @@ SORT_KEYS: dict[Level, dict[str, list[Any]]] = {
         "AccessionNumber": [S.c.accession_number],
         "created_at": [S.c.created_at],
         "updated_at": [S.c.updated_at],
+        "reading_status": [status_rank],  # workflow order: unread, in_progress, read
+        "reading_changed_at": [S.c.reading_changed_at],
     },
     Level.SERIES: {
         "SeriesNumber": [SE.c.series_number],
@@ -112,6 +119,10 @@ _EXTRA_TYPES: dict[str, tuple[Any, str]] = {
     "sha256": (str, "SHA-256 of the data set as stored"),
     "source": (str, 'where it came from: "dimse:<AE>@<host>", "stow", "import", ...'),
     "received_at": (datetime, "when it was stored"),
+    "reading_status": (str, "unread, in_progress (being read) or read (PUT /studies/{uid}/reading)"),
+    "reading_user": (str | None, "who is reading it (in_progress) or read it (read)"),
+    "reading_changed_at": (datetime | None, "when its reading status last changed"),
+    "changed_after_read": (bool, "read, but instances were stored or deleted after it was marked read"),
 }
 
 
@@ -167,7 +178,7 @@ class DeletionReport(BaseModel):
 
 # -- query parameters -> the one query model ---------------------------------------------------
 
-_RESERVED = {"limit", "offset", "sort"}
+_RESERVED = {"limit", "offset", "sort", "reading_status"}
 _FILTER_HELP = (
     "Any other parameter is an indexed attribute keyword at this level or above, matched as in "
     "C-FIND / QIDO-RS (PS3.4 C.2.2.2): single value, * and ? wildcards, backslash-separated "
@@ -196,6 +207,21 @@ def _constraints(request: Request, level: Level) -> list[Constraint]:
             raise InvalidQuery(f"{keyword}: {value!r} is out of range")
         found.append(constraint)
     return found
+
+
+def _reading_filter(request: Request, level: Level) -> ColumnElement[bool] | None:
+    """``reading_status=unread,in_progress`` (study lists): the condition, or None."""
+    values = request.query_params.getlist("reading_status")
+    if not values:
+        return None
+    if level is not Level.STUDY:
+        raise Problem(400, f"reading_status is not a filter of {level.value.lower()} lists")
+    if len(values) > 1:
+        raise Problem(400, "reading_status is given twice (a list is written unread,in_progress)")
+    if "\x00" in values[0]:
+        raise Problem(400, "reading_status: invalid character")
+    condition: ColumnElement[bool] | None = status_condition(parse_statuses(values[0]))
+    return condition
 
 
 def _ordering(level: Level, sort: str | None) -> list[Any]:
@@ -268,9 +294,11 @@ def _page(
     engine: Engine, request: Request, level: Level, sort: str | None, limit: int, offset: int
 ) -> dict[str, Any]:
     constraints = _constraints(request, level)
+    where = _reading_filter(request, level)
     with engine.connect() as conn:
         items, total = _fetch(
-            conn, level, constraints, sort=sort, limit=limit, offset=offset, restrict=visible_studies(request)
+            conn, level, constraints, where=where, sort=sort, limit=limit, offset=offset,
+            restrict=visible_studies(request),
         )
     assert total is not None
     return {
@@ -308,9 +336,12 @@ def list_patients(
 def list_studies(
     request: Request, engine: EngineDep, limit: int = Limit, offset: int = Offset,
     sort: str | None = Query(None, description=_sort_help(Level.STUDY)),
+    reading_status: str | None = Query(
+        None, description="comma-separated reading statuses to keep: unread, in_progress, read"
+    ),
 ) -> dict[str, Any]:
     """Studies with their patient's main attributes, paged."""
-    return _page(engine, request, Level.STUDY, sort, limit, offset)
+    return _page(engine, request, Level.STUDY, sort, limit, offset)  # reads reading_status itself
 
 
 @router.get("/series", response_model=_page_model("SeriesPage", SeriesOut), description=_FILTER_HELP)
