@@ -204,7 +204,9 @@ class FastAssociation(Association):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
-            while True:  # every complete message before looking at release/abort
+            # Every complete message before looking at release/abort, unless a send_*()
+            # paused the reactor meanwhile (its response is its own: see tuning.py).
+            while self._reactor_checkpoint.is_set():
                 context_id, msg = self.dimse.get_msg(block=False)
                 if not msg:
                     break

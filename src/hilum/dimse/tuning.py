@@ -13,6 +13,15 @@
 * Private and unknown storage SOP classes are accepted (vendors send them; a PACS
   must keep them): pynetdicom's unrestricted storage mode, but with Hilum's
   own transfer syntax preference kept for the standard SOP classes.
+* A response is never lost to the association's reactor thread. pynetdicom's
+  send_*() methods pause the reactor before sending a request and then wait for
+  the response on the DIMSE queue, but the pause check has a window: the reactor
+  sets ``_is_paused`` just before waiting on a checkpoint that is still open, so
+  the sender can see "paused" while the reactor goes on to take the next message,
+  the response, and drop it as an "unexpected C-STORE service message"; the sender
+  then waits the whole DIMSE timeout (seen in store jobs and C-MOVE sub-operations
+  on a loaded machine). A response the reactor takes while a sender is waiting is
+  put back at the head of the queue for that sender.
 * Back-pressure on outgoing P-DATA: pynetdicom queues every PDU of a message
   for the network thread without limit, so sending a 1 GB instance (C-GET,
   C-MOVE, SCU store) could buffer most of it in memory. At most
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import queue
 import socket
 import time
 from typing import Any
@@ -30,6 +40,7 @@ from typing import Any
 import pydicom.config
 from pydicom.uid import UID
 from pynetdicom import _config, acse, sop_class, transport
+from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import (
@@ -82,11 +93,31 @@ def apply_pynetdicom_tuning() -> None:
     acse.negotiate_unrestricted = _negotiate_standard_and_private
 
     transport.deepcopy = _copy_contexts  # type: ignore[assignment]
+
+    serve_request = Association._serve_request
+
+    @functools.wraps(serve_request)
+    def _serve_request(self: Association, msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and not self._reactor_checkpoint.is_set():
+            # A send_*() has paused (or is pausing) the reactor and waits for this.
+            requeue_first(self.dimse.msg_queue, (context_id, msg))
+            return
+        serve_request(self, msg, context_id)
+
+    Association._serve_request = _serve_request  # type: ignore[method-assign]
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     # pynetdicom formats every C-FIND/MOVE/GET identifier for its INFO log,
     # whether or not anything logs at INFO.
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def requeue_first(q: queue.Queue[Any], item: Any) -> None:
+    """Put ``item`` back at the head of ``q`` and wake a waiting ``get()``."""
+    with q.not_empty:
+        q.queue.appendleft(item)
+        q.unfinished_tasks += 1
+        q.not_empty.notify()
 
 
 def _copy_contexts(value: Any, memo: Any = None) -> Any:
