@@ -21,6 +21,7 @@ from hilum.audit.chain import GENESIS, Verification, record_hash, verify_rows
 from hilum.audit.messages import truncate
 from hilum.audit.models import audit_records_t
 from hilum.domain.attributes import Level
+from hilum.index.database import write_transaction
 from hilum.index.models import instances_t, patients_t, series_t, studies_t
 from hilum.index.writer import index_write_lock
 
@@ -37,22 +38,17 @@ def append(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
     """
     if not rows:
         return
-    with index_write_lock(engine), engine.connect() as conn:
-        conn.info["sqlite_begin"] = "IMMEDIATE"
-        try:
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_CHAIN_LOCK})
-                last = conn.execute(select(A.seq, A.hash).order_by(A.seq.desc()).limit(1)).first()
-                seq, prev_hash = (int(last.seq), str(last.hash)) if last else (0, GENESIS)
-                for row in rows:
-                    seq += 1
-                    row["seq"] = seq
-                    row["prev_hash"] = prev_hash
-                    row["hash"] = prev_hash = record_hash(row)
-                conn.execute(insert(audit_records_t), [_bind(conn, row) for row in rows])
-        finally:
-            conn.info.pop("sqlite_begin", None)
+    with index_write_lock(engine), write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_CHAIN_LOCK})
+        last = conn.execute(select(A.seq, A.hash).order_by(A.seq.desc()).limit(1)).first()
+        seq, prev_hash = (int(last.seq), str(last.hash)) if last else (0, GENESIS)
+        for row in rows:
+            seq += 1
+            row["seq"] = seq
+            row["prev_hash"] = prev_hash
+            row["hash"] = prev_hash = record_hash(row)
+        conn.execute(insert(audit_records_t), [_bind(conn, row) for row in rows])
 
 
 def _bind(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:

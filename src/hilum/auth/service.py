@@ -28,6 +28,7 @@ from hilum.domain.attributes import person_name_key
 from hilum.domain.clock import aware as _aware
 from hilum.domain.clock import utcnow as _now
 from hilum.domain.errors import HilumError
+from hilum.index.database import write_transaction
 
 LOG = logging.getLogger(__name__)
 _HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory defaults
@@ -121,7 +122,7 @@ class AuthService:
         except ValueError:
             raise AccountError(f"unknown role {role!r}; roles: {', '.join(r.value for r in Role)}") from None
         hashed = _HASHER.hash(validate_password(password)) if password is not None else None
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             if conn.execute(select(users_t.c.id).where(users_t.c.username == username)).first():
                 raise AccountError(f"user {username!r} already exists")
             result = conn.execute(

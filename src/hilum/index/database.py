@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 
 LOG = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -58,6 +60,24 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         mode = conn.info.get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that reads and then writes: BEGIN IMMEDIATE on SQLite.
+
+    A deferred SQLite transaction that has read cannot take the write lock once another
+    connection has written meanwhile ("database is locked" at once, without waiting for
+    the busy timeout); an immediate one takes the lock first, waiting its turn. A
+    transaction whose first statement writes needs none of this (``engine.begin()``).
+    """
+    with engine.connect() as conn:
+        conn.info["sqlite_begin"] = "IMMEDIATE"
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info.pop("sqlite_begin", None)
 
 
 def _upper(value: Any) -> Any:

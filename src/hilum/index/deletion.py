@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, delete, insert, select
 
 from hilum.domain.attributes import Level
 from hilum.domain.errors import NotFound
+from hilum.index.database import write_transaction
 from hilum.index.models import (
     changes_t,
     conflicts_t,
@@ -70,14 +71,9 @@ def delete_patient(engine: Engine, storage: StorageArea, patient_pk: int) -> Del
 
 
 def _delete(engine: Engine, storage: StorageArea, level: Level, column: Any, value: Any) -> DeletionResult:
-    with index_write_lock(engine), engine.connect() as conn:
-        conn.info["sqlite_begin"] = "IMMEDIATE"
-        try:
-            with conn.begin():
-                lock_change_feed(conn)
-                result, keys = _delete_rows(conn, level, column, value)
-        finally:
-            conn.info.pop("sqlite_begin", None)
+    with index_write_lock(engine), write_transaction(engine) as conn:
+        lock_change_feed(conn)
+        result, keys = _delete_rows(conn, level, column, value)
     # Committed: no row references these files any more.
     for key in keys:
         try:

@@ -20,8 +20,6 @@ when a claim is configured for it) from the claims. Disabled users are refused.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from typing import Any
@@ -35,6 +33,7 @@ from hilum.auth.oidc.client import OidcError
 from hilum.auth.oidc.settings import OidcSettings
 from hilum.auth.service import Principal, _principal, token_digest
 from hilum.domain.clock import utcnow as _now
+from hilum.index.database import write_transaction
 
 LOGIN_MINUTES = 10
 
@@ -57,19 +56,6 @@ class SignedIn:
     roles_changed: bool = False  # its role or groups changed
 
 
-@contextmanager
-def _write(engine: Engine) -> Iterator[Connection]:
-    """A write transaction; BEGIN IMMEDIATE on SQLite (reads first, then writes: a
-    deferred transaction could not take the write lock another process took meanwhile)."""
-    with engine.connect() as conn:
-        conn.info["sqlite_begin"] = "IMMEDIATE"
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            conn.info.pop("sqlite_begin", None)
-
-
 def begin(engine: Engine, *, redirect_uri: str, next_path: str) -> tuple[str, PendingLogin]:
     """Record a new sign-on; returns the browser's binding token and the login's secrets."""
     binding = secrets.token_urlsafe(32)
@@ -80,7 +66,7 @@ def begin(engine: Engine, *, redirect_uri: str, next_path: str) -> tuple[str, Pe
         redirect_uri=redirect_uri,
         next_path=next_path,
     )
-    with _write(engine) as conn:
+    with write_transaction(engine) as conn:
         conn.execute(delete(oidc_logins_t).where(oidc_logins_t.c.expires_at < _now()))
         conn.execute(
             insert(oidc_logins_t).values(
@@ -100,7 +86,7 @@ def take(engine: Engine, binding: str) -> PendingLogin | None:
     """The sign-on this browser started, removed so it cannot be used again; None if
     there is none (never started, used already, or expired)."""
     digest = token_digest(binding)
-    with _write(engine) as conn:
+    with write_transaction(engine) as conn:
         row = (
             conn.execute(select(oidc_logins_t).where(oidc_logins_t.c.binding_hash == digest))
             .mappings()
@@ -134,7 +120,7 @@ def sign_in(engine: Engine, config: OidcSettings, *, issuer: str, subject: str, 
 
 
 def _sign_in(engine: Engine, config: OidcSettings, issuer: str, subject: str, profile: Profile) -> SignedIn:
-    with _write(engine) as conn:
+    with write_transaction(engine) as conn:
         user = conn.execute(
             select(users_t)
             .join(oidc_identities_t, oidc_identities_t.c.user_id == users_t.c.id)
