@@ -3,6 +3,7 @@
 import { API, describeError, getJSON, logout, session } from '../api';
 import { age, dicomDate, dicomTime, isoToDicomDate, personName, toDicomDate } from '../dicom';
 import { h, mount } from '../dom';
+import { readingBadge, STATUS_FILTERS, type ReadingState } from '../reading';
 import { link, navigate, setQuery } from '../router';
 
 export interface StudyRow {
@@ -21,6 +22,11 @@ export interface StudyRow {
   NumberOfStudyRelatedSeries: number | null;
   NumberOfStudyRelatedInstances: number | null;
   InstitutionName?: string | null;
+  // Hilum's reading status (PUT /api/v1/studies/{uid}/reading); absent from older servers.
+  reading_status?: ReadingState['reading_status'];
+  reading_user?: string | null;
+  reading_changed_at?: string | null;
+  changed_after_read?: boolean;
 }
 
 interface Page {
@@ -48,7 +54,8 @@ const COLUMNS: { key: string; label: string; sort?: string }[] = [
   { key: 'desc', label: 'Description' },
   { key: 'acc', label: 'Accession', sort: 'AccessionNumber' },
   { key: 'ref', label: 'Referring' },
-  { key: 'read', label: 'Read by' },
+  // Hilum's reading status, with the DICOM Name of Physician(s) Reading Study under it.
+  { key: 'status', label: 'Status', sort: 'reading_status' },
   { key: 'count', label: 'Series / images' },
 ];
 
@@ -89,6 +96,8 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
   const dateFrom = h('input', { type: 'date', 'aria-label': 'From', name: 'from' }) as HTMLInputElement;
   const dateTo = h('input', { type: 'date', 'aria-label': 'To', name: 'to' }) as HTMLInputElement;
   const custom = h('span.custom-range', dateFrom, '–', dateTo);
+  const reading = h('select', { 'aria-label': 'Reading status', name: 'reading' },
+    STATUS_FILTERS.map(([value, label]) => h('option', { value }, label))) as HTMLSelectElement;
   const pageSize = h('select', { 'aria-label': 'Studies per page' },
     PAGE_SIZES.map((n) => h('option', { value: n }, `${n} per page`))) as HTMLSelectElement;
   const status = h('div.status', { role: 'status', 'aria-live': 'polite' });
@@ -101,6 +110,7 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
     inputs[key] = h('input', { type: 'search', name: key, placeholder: placeholder || label, 'aria-label': label, value: state.get(key) ?? '' }) as HTMLInputElement;
   }
   modality.value = state.get('modality') ?? '';
+  reading.value = state.get('reading') ?? '';
   dateKind.value = state.get('date') ?? '';
   dateFrom.value = state.get('from') ?? '';
   dateTo.value = state.get('to') ?? '';
@@ -118,7 +128,7 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
     for (const key of Object.keys(inputs)) {
       if (inputs[key].value.trim()) state.set(key, inputs[key].value.trim()); else state.delete(key);
     }
-    for (const [key, el] of [['modality', modality], ['date', dateKind], ['from', dateFrom], ['to', dateTo]] as const) {
+    for (const [key, el] of [['modality', modality], ['reading', reading], ['date', dateKind], ['from', dateFrom], ['to', dateTo]] as const) {
       if (el.value) state.set(key, el.value); else state.delete(key);
     }
     state.set('limit', pageSize.value);
@@ -135,7 +145,9 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
     if (state.get('modality')) query.set('ModalitiesInStudy', state.get('modality')!);
     const range = dateRange(state.get('date') ?? '', state.get('from') ?? '', state.get('to') ?? '');
     if (range) query.set('StudyDate', range);
-    query.set('sort', sortKey());
+    if (state.get('reading')) query.set('reading_status', state.get('reading')!);
+    // By status, newest first within each status.
+    query.set('sort', /^-?reading_status$/.test(sortKey()) ? `${sortKey()},-StudyDate` : sortKey());
     query.set('limit', pageSize.value);
     query.set('offset', String(offset()));
     status.textContent = 'Searching…';
@@ -200,7 +212,11 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
       h('td.col-desc', { 'data-label': 'Description' }, s.StudyDescription ?? ''),
       h('td.col-acc', { 'data-label': 'Accession' }, s.AccessionNumber ?? ''),
       h('td.col-ref', { 'data-label': 'Referring' }, personName(s.ReferringPhysicianName)),
-      h('td.col-read', { 'data-label': 'Read by' }, names(s.NameOfPhysiciansReadingStudy) || '—'),
+      h('td.col-status', { 'data-label': 'Status' },
+        s.reading_status ? readingBadge(s as ReadingState) : null,
+        names(s.NameOfPhysiciansReadingStudy)
+          ? h('span.dicom-readers', { title: 'Name of Physician(s) Reading Study (in the images)' }, names(s.NameOfPhysiciansReadingStudy))
+          : null),
       h('td.col-count', { 'data-label': 'Series / images' }, `${s.NumberOfStudyRelatedSeries ?? 0} / ${s.NumberOfStudyRelatedInstances ?? 0}`),
       );
       return row;
@@ -224,6 +240,7 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
 
   for (const el of Object.values(inputs)) el.addEventListener('input', () => schedule());
   modality.addEventListener('change', () => schedule());
+  reading.addEventListener('change', () => schedule());
   dateKind.addEventListener('change', () => { syncCustom(); schedule(); });
   dateFrom.addEventListener('change', () => schedule());
   dateTo.addEventListener('change', () => schedule());
@@ -231,7 +248,7 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
 
   const clearFilters = () => {
     for (const el of Object.values(inputs)) el.value = '';
-    modality.value = ''; dateKind.value = ''; dateFrom.value = ''; dateTo.value = '';
+    modality.value = ''; reading.value = ''; dateKind.value = ''; dateFrom.value = ''; dateTo.value = '';
     syncCustom();
     schedule();
   };
@@ -240,7 +257,7 @@ export async function renderBrowser(root: HTMLElement, params: URLSearchParams):
     header(),
     h('main.browser',
       h('form.filters', { role: 'search', onsubmit: (e: Event) => { e.preventDefault(); schedule(); } },
-        Object.values(inputs), modality, dateKind, custom,
+        Object.values(inputs), modality, reading, dateKind, custom,
         h('button', { type: 'button', onclick: clearFilters }, 'Clear'),
       ),
       h('div.browser-body',

@@ -14,6 +14,7 @@ import { Toolbar } from './toolbar';
 import { Mpr } from './mpr';
 import { forget, streamSeries } from './bulk';
 import { probe } from './probe';
+import { readingControl } from './reading';
 
 const ENGINE_ID = 'hilum-engine';
 let syncCounter = 0;
@@ -118,6 +119,7 @@ export class Viewer {
 
   private build(): void {
     this.toolbar = new Toolbar(this);
+    this.toolbar.el.append(readingControl(this.study.uid)); // reading status (radiologists)
     const share = session.share;
     const back = share ? null : h('a.button', { href: '/studies', onclick: link, title: 'Back to the study list' }, '‹ Studies');
     const title = h('span.study-title', `${personName(this.study.patientName)} · ${this.study.patientId} · ${dicomDate(this.study.date)} ${this.study.description}`);
