@@ -77,11 +77,13 @@ export function fillDynamic(
   voi: { lower: number; upper: number } | undefined,
   zoom: number | undefined,
   extra = '',
+  mark = '', // key image
 ): void {
   const location = num(instance, TAG.SliceLocation);
   const thickness = num(instance, TAG.SliceThickness);
   const frames = num(instance, TAG.NumberOfFrames);
   mount(corners.bl,
+    mark ? h('div.key-mark', mark) : null,
     h('div', `Im ${index + 1} / ${set.frameCount}${frames && frames > 1 ? ' (frames)' : ''}`),
     location !== undefined ? h('div', `Loc ${location.toFixed(1)} mm`) : null,
     thickness !== undefined ? h('div', `Thk ${thickness.toFixed(1)} mm`) : null,

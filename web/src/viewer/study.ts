@@ -33,6 +33,17 @@ export interface DisplaySet {
   thumbnail: string;
   positions: number[]; // per image: position along the slice normal in mm (for synchronized scrolling)
   loading?: Promise<DisplaySet>;
+  /** Made by the viewer rather than found in the archive (key images): fills the set in. */
+  load?: () => Promise<void>;
+  /** A key object selection's images (keyimages.ts): SOP Instance UID of the KO document. */
+  keyObject?: string;
+  missing?: number; // key images not found in the study
+}
+
+/** Series that are not shown as such: presentation states (applied to the images they
+ * reference) and key object selections (shown as their own "key images" sets). */
+export function isDerived(set: DisplaySet): boolean {
+  return !set.keyObject && (set.modality === 'PR' || set.modality === 'KO');
 }
 
 
@@ -106,6 +117,8 @@ function normal(orientation: number[]): [number, number, number] | null {
 
 /** Metadata of the series, sorted for display, imageIds made and registered with the loader. */
 export function loadSeries(set: DisplaySet): Promise<DisplaySet> {
+  const fill = set.load;
+  if (fill) set.loading ??= fill().then(() => set);
   set.loading ??= (async () => {
     const base = `${DICOMWEB}/studies/${set.study.uid}/series/${set.seriesUid}`;
     const instances = await getJSON<DicomJson[]>(`${base}/metadata`, { headers: { Accept: 'application/dicom+json' } });

@@ -1,6 +1,6 @@
 // The diagnostic viewer: series panel, viewport grid, tools, hanging of current and prior.
 import { describeError, session } from '../api';
-import { dicomDate, personName, type DicomJson } from '../dicom';
+import { dicomDate, num, personName, TAG, type DicomJson } from '../dicom';
 import { h, mount, toast } from '../dom';
 import { header } from '../pages/browser';
 import { link, navigate } from '../router';
@@ -8,7 +8,12 @@ import { core, initCornerstone, tools } from './cs';
 import { otherObject, renderPDF, renderSR, renderVideo } from './docs';
 import { Measurements } from './measure';
 import { fillDynamic, fillOrientation, fillStatic, makeCorners, type Corners } from './overlay';
-import { fetchPriors, fetchSeries, fetchStudy, frameRate, loadSeries, type DisplaySet, type StudyInfo } from './study';
+import { fetchPriors, fetchSeries, fetchStudy, frameRate, isDerived, loadSeries, type DisplaySet, type StudyInfo } from './study';
+import {
+  applyPresentation, clearPresentation, drawPresentation, firstImage, imageRef, isPresentationState, parsePresentationState,
+  references, referencesSeries, type Applied, type PresentationState, type Target,
+} from './gsps';
+import { instanceNumbers, isKeyObject, keySet, parseKeyObject, type KeyObject } from './keyimages';
 import { showTags } from './tags';
 import { Toolbar } from './toolbar';
 import { Mpr } from './mpr';
@@ -35,6 +40,10 @@ export interface Cell {
   enabled: boolean;
   doc: HTMLElement | null;
   cine: boolean;
+  ps: PresentationState | null; // the presentation state applied (gsps.ts)
+  psApplied: Applied | null;
+  svg: SVGSVGElement; // its graphics
+  psEl: HTMLElement; // "PS: label", to switch or turn it off
 }
 
 export class Viewer {
@@ -55,6 +64,8 @@ export class Viewer {
   measurements!: Measurements;
   mpr: Mpr | null = null;
   sync = true;
+  states: PresentationState[] = []; // of the current study and loaded priors
+  keyObjects: KeyObject[] = [];
   voiSync: ReturnType<typeof tools.synchronizers.createVOISynchronizer> | null = null;
   private disposers: (() => void)[] = [];
   private overlayPending = new Set<Cell>();
@@ -76,7 +87,7 @@ export class Viewer {
     document.title = `${personName(study.patientName)} · ${dicomDate(study.date)} · Hilum`;
     this.sets = await seriesOf;
     for (const set of this.sets) set.study = study;
-    const firstImage = this.sets.find((s) => s.kind !== 'sr' && s.kind !== 'pdf');
+    const firstImage = this.sets.find((s) => s.kind !== 'sr' && s.kind !== 'pdf' && !isDerived(s));
     // Start the first series' metadata and its first image now: needed whatever the hanging.
     if (firstImage && !params.get('series')) {
       void loadSeries(firstImage)
@@ -113,6 +124,44 @@ export class Viewer {
     this.resizeObserver.observe(this.grid);
     this.installEvents();
     void this.measurements.restore();
+    void this.loadDerived(this.sets);
+    const priorSets = this.priors[0] ? this.priorSets.get(this.priors[0].uid) : undefined;
+    if (priorSets) void this.loadDerived(priorSets);
+  }
+
+  /** Presentation states and key object selections among these series (PR, KO): parsed,
+   * each key object made a display set (added to `sets`), the panel and the cells updated. */
+  private async loadDerived(sets: DisplaySet[]): Promise<void> {
+    const derived = sets.filter(isDerived);
+    if (!derived.length) return;
+    const results = await Promise.allSettled(derived.map(loadSeries));
+    if (this.destroyed) return;
+    let failed = 0;
+    results.forEach((result, i) => {
+      if (result.status === 'rejected') {
+        failed++;
+        return;
+      }
+      const series = derived[i];
+      for (const json of series.instances ?? []) {
+        if (isPresentationState(json)) {
+          const ps = parsePresentationState(json);
+          if (!this.states.some((s) => s.sop === ps.sop)) this.states.push(ps);
+        } else if (isKeyObject(json)) {
+          const ko = parseKeyObject(json);
+          if (this.keyObjects.some((k) => k.sop === ko.sop)) continue;
+          this.keyObjects.push(ko);
+          sets.push(keySet(ko, series, (uid) => this.allSets().find((s) => s.seriesUid === uid && !s.keyObject)));
+        }
+      }
+    });
+    this.states.sort((a, b) => `${a.date}${a.time}`.localeCompare(`${b.date}${b.time}`));
+    if (failed) toast(`${failed} presentation state / key image series could not be read`, 'error');
+    this.drawPanel();
+    for (const cell of this.cells) {
+      this.updateStateBadge(cell);
+      this.updateOverlay(cell);
+    }
   }
 
   // ---- page structure ----
@@ -141,11 +190,11 @@ export class Viewer {
       const el = h('button.thumb', {
         class: shown ? 'shown' : '',
         draggable: true,
-        'data-series': set.seriesUid,
+        'data-series': set.key,
         title: `${set.description || set.modality} · ${set.count} images — drag into a viewport, or click to show it in the active one`,
         ondragstart: (e: DragEvent) => {
-          e.dataTransfer?.setData('application/x-hilum-series', set.seriesUid);
-          e.dataTransfer?.setData('text/plain', set.seriesUid);
+          e.dataTransfer?.setData('application/x-hilum-series', set.key);
+          e.dataTransfer?.setData('text/plain', set.key);
         },
         onclick: () => {
           void this.show(this.active, set);
@@ -156,20 +205,33 @@ export class Viewer {
         : h('img', { src: set.thumbnail, alt: '', loading: 'lazy', onerror: (e: Event) => {
           (e.target as HTMLElement).replaceWith(h('div.ph', set.modality || '?'));
         } }),
-      h('div.meta', h('span', `S${set.number ?? '?'} ${set.modality}`), h('span', String(set.count))),
+      set.keyObject ? h('div.meta', h('span', '★ Key images'), h('span', String(set.count)))
+        : h('div.meta', h('span', `S${set.number ?? '?'} ${set.modality}`), h('span', String(set.count))),
       h('div.desc', set.description || '(no description)'));
       return el;
     });
+    // Per study: its series, then its key image sets and presentation states (PR, KO series).
+    const section = (sets: DisplaySet[], studyUid: string) => {
+      const keys = sets.filter((s) => s.keyObject);
+      const states = this.states.filter((ps) => ps.studyUid === studyUid).map((ps) => this.stateEntry(ps));
+      return [
+        thumbs(sets.filter((s) => !s.keyObject && !isDerived(s))),
+        keys.length ? h('h3', 'Key images') : null, thumbs(keys),
+        states.length ? h('h3', 'Presentation states') : null, states,
+      ];
+    };
     const priorBlocks = this.priors.map((p) => {
       const sets = this.priorSets.get(p.uid);
       return h('section',
         h('div.study-head.prior', `Prior ${dicomDate(p.date)} · ${p.modalities.join(',')}`, h('br'), p.description),
-        sets ? thumbs(sets) : h('button', {
+        sets ? section(sets, p.uid) : h('button', {
           style: { margin: '6px 8px' },
           onclick: async () => {
             try {
-              this.priorSets.set(p.uid, await fetchSeries(p, true));
+              const sets = await fetchSeries(p, true);
+              this.priorSets.set(p.uid, sets);
               this.drawPanel();
+              void this.loadDerived(sets);
             } catch (error) {
               toast(describeError(error), 'error');
             }
@@ -178,9 +240,27 @@ export class Viewer {
     });
     mount(this.panel,
       h('div.study-head', `Current ${dicomDate(this.study.date)}`, h('br'), this.study.description),
-      thumbs(this.sets),
+      section(this.sets, this.study.uid),
       this.priors.length ? h('h3', 'Priors') : null,
       priorBlocks);
+  }
+
+  private stateEntry(ps: PresentationState): HTMLElement {
+    const target = this.allSets().find((s) => !s.keyObject && referencesSeries(ps, s.seriesUid));
+    const images = ps.series.reduce((n, s) => n + s.images.length, 0);
+    const who = [personName(ps.creator), dicomDate(ps.date)].filter(Boolean).join(' · ');
+    return h('button.thumb.ps-entry', {
+      class: this.cells.some((c) => c.ps === ps) ? 'shown' : '',
+      'data-ps': ps.sop,
+      title: `Presentation state ${ps.label}${ps.description ? ` — ${ps.description}` : ''}: show ${target ? `series ${target.number ?? ''} ` : ''}as it was presented (window, rotation, zoom, annotations)`,
+      onclick: () => {
+        void this.showPresentation(ps);
+        this.main.classList.remove('panel-open');
+      },
+    },
+    h('div.meta', h('b', `PS: ${ps.label}`), h('span', target ? `S${target.number ?? '?'}` : '')),
+    ps.description ? h('div.desc', ps.description) : null,
+    h('div.meta', h('span', who), h('span', `${images} im`)));
   }
 
   setLayout(name: string, assign?: (DisplaySet | null)[]): void {
@@ -208,7 +288,7 @@ export class Viewer {
   }
 
   private nextUnshown(shown: Set<DisplaySet>): DisplaySet | null {
-    return this.sets.find((s) => !shown.has(s) && s.kind !== 'sr' && s.kind !== 'pdf') ?? null;
+    return this.sets.find((s) => !shown.has(s) && s.kind !== 'sr' && s.kind !== 'pdf' && !isDerived(s) && !s.keyObject) ?? null;
   }
 
   private makeCell(index: number): Cell {
@@ -224,19 +304,29 @@ export class Viewer {
         e.preventDefault();
         el.classList.remove('dragover');
         const uid = e.dataTransfer?.getData('application/x-hilum-series') || e.dataTransfer?.getData('text/plain');
-        const set = this.allSets().find((s) => s.seriesUid === uid);
+        const set = this.allSets().find((s) => s.key === uid);
         if (set) {
           this.setActive(index);
           void this.show(index, set);
         }
       },
     }, vpEl, h('div.loading', bar));
+    const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+    svg.classList.add('ps-graphics');
+    const psEl = h('div.ps-badge', { hidden: true });
+    el.append(svg, psEl);
     const corners = makeCorners(el);
     // Cornerstone's viewport events do not bubble: listen on the viewport element.
     const E = core.Enums.Events;
     vpEl.addEventListener(E.STACK_NEW_IMAGE, () => {
       const cell = this.cells.find((c) => c.vpEl === vpEl);
       if (cell) this.followScroll(cell);
+      if (cell?.ps) this.applyState(cell);
+    });
+    // The presentation state's graphics follow every render (zoom, pan, rotation, image).
+    vpEl.addEventListener(E.IMAGE_RENDERED, () => {
+      const cell = this.cells.find((c) => c.vpEl === vpEl);
+      if (cell) this.drawState(cell);
     });
     for (const name of [E.STACK_NEW_IMAGE, E.VOI_MODIFIED, E.CAMERA_MODIFIED, E.IMAGE_RENDERED]) {
       vpEl.addEventListener(name, () => {
@@ -247,7 +337,10 @@ export class Viewer {
         }
       });
     }
-    return { index, el, vpEl, corners, bar, viewportId: `vp-${index}-${Date.now() % 100000}`, set: null, enabled: false, doc: null, cine: false };
+    return {
+      index, el, vpEl, corners, bar, viewportId: `vp-${index}-${Date.now() % 100000}`, set: null, enabled: false, doc: null, cine: false,
+      ps: null, psApplied: null, svg, psEl,
+    };
   }
 
   allSets(): DisplaySet[] {
@@ -277,6 +370,8 @@ export class Viewer {
       try { this.engine.disableElement(cell.viewportId); } catch { /* gone */ }
       cell.enabled = false;
     }
+    cell.svg.replaceChildren();
+    cell.psEl.hidden = true;
     if (cell.doc) {
       const url = cell.doc.dataset.url;
       if (url) URL.revokeObjectURL(url);
@@ -293,11 +388,13 @@ export class Viewer {
 
   // ---- showing a series ----
 
-  async show(index: number, set: DisplaySet): Promise<void> {
+  async show(index: number, set: DisplaySet, ps: PresentationState | null = null): Promise<void> {
     const cell = this.cells[index];
     if (!cell) return;
     this.disableCell(cell);
     cell.set = set;
+    cell.ps = ps;
+    cell.psApplied = null;
     cell.el.querySelector('.cell-error')?.remove();
     cell.el.querySelector('.empty')?.remove();
     mount(cell.corners.tl); mount(cell.corners.tr); mount(cell.corners.bl); mount(cell.corners.br);
@@ -341,12 +438,16 @@ export class Viewer {
     this.group.addViewport(cell.viewportId, ENGINE_ID);
     const vp = this.engine.getViewport(cell.viewportId) as core.StackViewport;
     fillStatic(cell.corners, set, set.instances?.[0]);
-    const start = set.multiframe ? 0 : Math.floor((set.imageIds.length - 1) / 2) * 0;
+    // The first image, or the first one the presentation state applies to.
+    const ps = cell.ps;
+    const start = ps ? Math.max(0, firstImage(ps, set.imageIds)) : 0;
     const t0 = performance.now();
     probe.stackRequested(set, t0);
     await vp.setStack(set.imageIds, start);
+    if (cell.ps) this.applyState(cell);
     vp.render();
     probe.firstImage(set, performance.now());
+    this.updateStateBadge(cell);
     this.updateOverlay(cell);
     this.prefetch(cell, set);
     this.applySync();
@@ -400,11 +501,13 @@ export class Viewer {
       for (let k = 0; k < 6; k++) void worker();
     };
     update();
-    void streamSeries(set, (sop, count) => {
+    // A key image set's images come from other series: frame by frame.
+    const streaming = set.keyObject ? Promise.resolve() : streamSeries(set, (sop, count) => {
       const frameIds = bySop.get(sop) ?? [];
       streamed += frameIds.filter((id) => !started.has(id)).length;
       void Promise.all(frameIds.map(load)).then(() => forget(sop, count));
-    }, cancelled).then(oneByOne, oneByOne);
+    }, cancelled);
+    void streaming.then(oneByOne, oneByOne);
   }
 
   updateOverlay(cell: Cell): void {
@@ -416,7 +519,7 @@ export class Viewer {
     const props = vp.getProperties();
     let zoom: number | undefined;
     try { zoom = vp.getZoom(); } catch { zoom = undefined; }
-    fillDynamic(cell.corners, set, index, instance, props.voiRange, zoom, cell.cine ? `▶ ${this.toolbar.fps()} fps` : '');
+    fillDynamic(cell.corners, set, index, instance, props.voiRange, zoom, cell.cine ? `▶ ${this.toolbar.fps()} fps` : '', this.keyMark(set, vp.getCurrentImageId(), instance));
     const hasGeometry = !!instance?.['00200037']?.Value?.length;
     const rect = cell.vpEl.getBoundingClientRect();
     fillOrientation(cell.corners, hasGeometry ? (p) => Array.from(vp.canvasToWorld(p)) : null, rect.width, rect.height);
@@ -429,11 +532,156 @@ export class Viewer {
     return set.instances?.find((i) => i['00080018']?.Value?.[0] === sop);
   }
 
+  /** The overlay's key image line: in a key image set, where the image comes from; in a
+   * series, a star when a key object selection names the image. */
+  private keyMark(set: DisplaySet, imageId: string | undefined, instance: DicomJson | undefined): string {
+    if (!imageId) return '';
+    const { sop, frame } = imageRef(imageId);
+    if (set.keyObject) {
+      const source = this.allSets().find((s) => !s.keyObject && s.imageIds.includes(imageId));
+      return `★ from S${source?.number ?? '?'} #${num(instance, TAG.InstanceNumber) ?? '?'}`;
+    }
+    const titles = this.keyObjects
+      .filter((ko) => ko.refs.some((r) => r.sop === sop && (!r.frames.length || r.frames.includes(frame))))
+      .map((ko) => ko.title);
+    return titles.length ? `★ Key image (${[...new Set(titles)].join(', ')})` : '';
+  }
+
+  // ---- presentation states (gsps.ts) ----
+
+  private targetOf(cell: Cell): Target | null {
+    const vp = this.stackViewport(cell);
+    if (!vp || !cell.set) return null;
+    const imageId = vp.getCurrentImageId();
+    if (!imageId) return null;
+    const { sop, frame } = imageRef(imageId);
+    return { imageId, sop, frame, instance: this.instanceAt(cell.set, vp.getCurrentImageIdIndex()) };
+  }
+
+  /** Apply the cell's presentation state to the image on screen (all of it the first time;
+   * then what differs per image). Images the state does not reference are left as they are. */
+  private applyState(cell: Cell): void {
+    const vp = this.stackViewport(cell);
+    const target = this.targetOf(cell);
+    if (!vp || !cell.ps || !target) return;
+    if (references(cell.ps, target.sop, target.frame)) {
+      cell.psApplied = applyPresentation(vp, cell.ps, target, cell.psApplied);
+      vp.render();
+    }
+    this.updateStateBadge(cell);
+  }
+
+  private drawState(cell: Cell): void {
+    const vp = this.stackViewport(cell);
+    if (!vp || !cell.ps) {
+      if (cell.svg.firstChild) cell.svg.replaceChildren();
+      return;
+    }
+    drawPresentation(cell.svg, vp, cell.ps, this.targetOf(cell));
+  }
+
+  /** Show a presentation state: its (first) series in the active viewport, the state applied. */
+  async showPresentation(ps: PresentationState): Promise<void> {
+    const cell = this.cells[this.active];
+    const candidates = this.allSets().filter((s) => !s.keyObject && !isDerived(s));
+    const set = ps.series.map((r) => candidates.find((s) => s.seriesUid === r.uid)).find(Boolean);
+    if (!cell || !set) {
+      toast('The images of this presentation state are not in the study', 'error');
+      return;
+    }
+    if (this.mpr) this.mpr.exit();
+    if (cell.set === set && this.stackViewport(cell)) this.setState(cell, ps);
+    else await this.show(this.active, set, ps);
+  }
+
+  /** Apply a presentation state to what the cell shows, or none (the viewer's defaults). */
+  setState(cell: Cell, ps: PresentationState | null): void {
+    const vp = this.stackViewport(cell);
+    if (!vp || !cell.set) return;
+    cell.ps = ps;
+    cell.psApplied = null;
+    if (!ps) {
+      clearPresentation(vp);
+      vp.render();
+    } else {
+      const here = this.targetOf(cell);
+      const first = firstImage(ps, cell.set.imageIds);
+      if (here && !references(ps, here.sop, here.frame) && first >= 0) {
+        void vp.setImageIdIndex(first).then(() => this.applyState(cell));
+      } else {
+        this.applyState(cell);
+      }
+    }
+    this.updateStateBadge(cell);
+    this.drawState(cell);
+    this.drawPanel();
+    this.updateOverlay(cell);
+  }
+
+  /** The cell's "PS: label" menu: the states of its series, or none (hidden when there are none). */
+  private updateStateBadge(cell: Cell): void {
+    const set = cell.set;
+    const options = set && !set.keyObject && this.stackViewport(cell)
+      ? this.states.filter((ps) => referencesSeries(ps, set.seriesUid)) : [];
+    cell.psEl.hidden = !options.length;
+    const signature = `${options.map((o) => o.sop).join()}|${cell.ps?.sop ?? ''}`;
+    if (cell.psEl.dataset.signature !== signature) {
+      cell.psEl.dataset.signature = signature;
+      const select = h('select', {
+        'aria-label': 'Presentation state',
+        onchange: () => this.setState(cell, this.states.find((ps) => ps.sop === select.value) ?? null),
+      },
+      h('option', { value: '' }, cell.ps ? 'PS off (defaults)' : 'PS: off'),
+      options.map((ps) => h('option', { value: ps.sop }, `PS: ${ps.label}`))) as HTMLSelectElement;
+      select.value = cell.ps?.sop ?? '';
+      mount(cell.psEl, select);
+    }
+    const target = cell.ps ? this.targetOf(cell) : null;
+    const here = !cell.ps || !target || references(cell.ps, target.sop, target.frame);
+    cell.psEl.classList.toggle('on', !!cell.ps);
+    cell.psEl.classList.toggle('elsewhere', !here);
+    const ps = cell.ps;
+    cell.psEl.title = !ps ? 'Presentation states of this series: choose one to see the images as they were presented'
+      : [
+        `${ps.label}${ps.description ? ` — ${ps.description}` : ''}`,
+        [personName(ps.creator), dicomDate(ps.date)].filter(Boolean).join(' · '),
+        here ? '' : 'The state does not apply to this image.',
+        ps.notes.length ? `Not applied: ${ps.notes.join('; ')}.` : '',
+      ].filter(Boolean).join('\n');
+  }
+
+  /** The presentation state of a cell and what the viewport shows (for automation). */
+  presentation(cellIndex: number): Record<string, unknown> | null {
+    const cell = this.cells[cellIndex];
+    const vp = this.stackViewport(cell);
+    if (!vp) return null;
+    const props = vp.getProperties();
+    const cam = vp.getCamera();
+    return {
+      label: cell.ps?.label ?? null,
+      sop: cell.ps?.sop ?? null,
+      voiRange: props.voiRange ?? null,
+      VOILUTFunction: props.VOILUTFunction ?? null,
+      invert: !!props.invert,
+      rotation: vp.getViewPresentation().rotation ?? 0,
+      flipHorizontal: !!cam.flipHorizontal,
+      flipVertical: !!cam.flipVertical,
+      parallelScale: cam.parallelScale,
+      graphics: cell.svg.childElementCount,
+    };
+  }
+
+  /** Instance numbers of the stack in a cell, in order (for automation). */
+  stackInstances(cellIndex: number): (number | null)[] {
+    const set = this.cells[cellIndex]?.set;
+    return set ? instanceNumbers(set) : [];
+  }
+
   // ---- hanging: current and prior side by side ----
 
   private hang(params: URLSearchParams): void {
     const wanted = params.get('series');
-    const images = this.sets.filter((s) => s.kind !== 'sr' && s.kind !== 'pdf');
+    const images = this.sets.filter((s) => s.kind !== 'sr' && s.kind !== 'pdf' && !isDerived(s));
     const first = this.sets.find((s) => s.seriesUid === wanted) ?? images[0] ?? this.sets[0];
     const priorSets = this.priors[0] ? this.priorSets.get(this.priors[0].uid) ?? [] : [];
     const match = first && priorSets.length ? matchingSeries(first, priorSets) : null;
@@ -580,7 +828,13 @@ export class Viewer {
     vp.resetProperties();
     vp.setViewPresentation({ rotation: 0 });
     vp.render();
-    this.updateOverlay(this.cells[this.active]);
+    const cell = this.cells[this.active];
+    if (cell.ps) {
+      // Back to the view of the presentation state.
+      cell.psApplied = null;
+      this.applyState(cell);
+    }
+    this.updateOverlay(cell);
   }
 
   /** Page coordinates of an image pixel position (x = column, y = row) in a cell: for
