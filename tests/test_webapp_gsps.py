@@ -168,6 +168,11 @@ def presentation_states(ct: list[Dataset]) -> list[Dataset]:
     area = detail.DisplayedAreaSelectionSequence[0]
     area.DisplayedAreaTopLeftHandCorner = [81, 6]  # columns 80-119, rows 5-44 (0-based)
     area.DisplayedAreaBottomRightHandCorner = [120, 45]
+    # A rectangular shutter hiding columns 80-84 (0-based) of that area, in black.
+    detail.ShutterShape = "RECTANGULAR"
+    detail.ShutterLeftVerticalEdge, detail.ShutterRightVerticalEdge = 86, 256
+    detail.ShutterUpperHorizontalEdge, detail.ShutterLowerHorizontalEdge = 1, 256
+    detail.ShutterPresentationValue = 0
     detail.PresentationCreationDate = "20240612"
     return [lung, detail]
 
@@ -407,8 +412,13 @@ def test_displayed_area_polarity_modality_lut_and_pixel_exact_graphics(
     assert abs((bottom_right[1] - top_left[1]) - vp["height"]) < 2
     assert abs((top_left[0] + bottom_right[0]) / 2 - (vp["x"] + vp["width"] / 2)) < 2
     pixels = rgb(page, shots, "gsps-detail")
-    corner = page_point(page, 82, 8)
-    assert pixels[round(corner[1]), round(corner[0])].mean() > 200  # air, inverted: white
+    air = page_point(page, 112, 8)
+    assert pixels[round(air[1]), round(air[0])].mean() > 200  # air, inverted: white
+    shutter = page_point(page, 82.5, 30)
+    assert pixels[round(shutter[1]), round(shutter[0])].max() < 30  # behind the shutter: black
+    edge = page_point(page, 85, 30)[0]  # the shutter's edge: black to its left, white to its right
+    row = pixels[round(shutter[1])].mean(axis=1)
+    assert row[round(edge) - 3] < 30 and row[round(edge) + 3] > 200
     scale = (bottom_right[1] - top_left[1]) / 40  # screen pixels per image pixel (~20)
     assert scale > 12
 
