@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, MPEGTransferSyntaxes
 
 from hilum.app import Services
 from hilum.dicom.jsonmodel import with_base
@@ -343,6 +343,8 @@ def retrieve_bulkdata(request: Request, study_uid: str, series_uid: str, sop_uid
     number = int(tag, 16)
     if number == 0x7FE00010:
         info = pixel_info(path)
+        if info.transfer_syntax in MPEGTransferSyntaxes:
+            return _video_stream(request, services, instance, path, info)
         if info.encapsulated:
             # One part per frame, in the media type asked for: uncompressed octets unless
             # the stored (or another) encoding is asked for (PS3.18 8.7.3.3).
@@ -378,3 +380,67 @@ def retrieve_bulkdata(request: Request, study_uid: str, series_uid: str, sop_uid
     return StreamingResponse(
         write_multipart([Part(_OCTETS, body)], boundary), media_type=multipart_content_type(_OCTETS, boundary)
     )
+
+
+# Video transfer syntaxes (MPEG-2, MPEG-4 AVC/H.264, HEVC/H.265, and their fragmentable
+# variants, UID + ".1"): the media type of the stream (PS3.18 8.7.3.3.2).
+_MPEG2 = ("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101")
+_VIDEO_MEDIA_TYPE: dict[str, str] = {
+    str(ts): "video/mpeg" if ts.removesuffix(".1") in _MPEG2 else "video/mp4" for ts in MPEGTransferSyntaxes
+}
+
+
+def _video_stream(
+    request: Request, services: Services, instance: StoredInstance, path: Source, info: PixelInfo
+) -> Response:
+    """The Pixel Data of a video object: one stream (all its fragments, in order), not
+    frames, in one part (PS3.5 8.2.5-8.2.11, PS3.18 8.7.3.3). It cannot be decoded here:
+    only the stored transfer syntax ("*" or its UID) is acceptable."""
+    ts = info.transfer_syntax
+    media = _VIDEO_MEDIA_TYPE[ts]
+    for accepted in parse_accept(request.headers.get("accept")):
+        multipart = accepted.type in (_MULTIPART, "*/*")
+        kind = (accepted.part_type or _OCTETS) if accepted.type == _MULTIPART else accepted.type
+        requested = accepted.transfer_syntax
+        if kind in ("*/*", "*", "video/*", media) and requested in (None, "*", ts):
+            break
+        if kind == _OCTETS and requested in ("*", ts):
+            break
+    else:
+        raise Problem(
+            406, f"the Pixel Data is a {UID(ts).name} video stream: ask for {media} or transfer-syntax=*"
+        )
+    with path.open("rb") as handle:
+        spans = _fragment_spans(handle, info.offset)
+    key = instance.storage_key
+    body = (chunk for start, length in spans for chunk in services.storage.open_range(key, start, length))
+    part_type = f"{media}; transfer-syntax={ts}"
+    if not multipart:
+        return StreamingResponse(body, media_type=part_type)
+    boundary = new_boundary()
+    return StreamingResponse(
+        write_multipart([Part(part_type, body)], boundary), media_type=multipart_content_type(media, boundary)
+    )
+
+
+def _fragment_spans(handle: Any, offset: int) -> list[tuple[int, int]]:
+    """(file offset, length) of each fragment of encapsulated Pixel Data whose value starts
+    at ``offset`` (the Basic Offset Table item), read from the item headers only."""
+    spans: list[tuple[int, int]] = []
+    handle.seek(offset)
+    position, first = offset, True
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            raise Problem(500, "the stored encapsulated Pixel Data is truncated")
+        group, element = int.from_bytes(header[0:2], "little"), int.from_bytes(header[2:4], "little")
+        length = int.from_bytes(header[4:8], "little")
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return spans
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            raise Problem(500, f"unexpected item ({group:04X},{element:04X}) in the stored Pixel Data")
+        if not first and length:
+            spans.append((position + 8, length))
+        first = False
+        position += 8 + length
+        handle.seek(position)
