@@ -488,7 +488,7 @@ def test_report_pdf_and_cine_clip(site: WebSite, context: BrowserContext, shots:
     assert "No acute findings." in page.locator(".cell article.sr").inner_text()
     shot(page, shots, "sr-text")
     page.click(f".thumb[data-series='{site.series['pdf']}']")
-    page.wait_for_selector(".cell .doc object[type='application/pdf']")
+    page.wait_for_selector(".cell .doc.pdf[data-state='ready'] .pdf-page canvas")  # drawn by pdf.js
     shot(page, shots, "pdf")
 
 
