@@ -370,8 +370,8 @@ def test_video_the_browser_cannot_play_says_so(
 
 
 def test_video_bulk_data_is_the_stream(site: DocSite) -> None:
-    """WADO-RS bulk data of a video's Pixel Data: the whole stream (all fragments, no item
-    tags) in one part, as stored; it cannot be decoded to frames (406)."""
+    """WADO-RS bulk data and frames of a video's Pixel Data: the whole stream (all
+    fragments, no item tags) in one part, as stored; it cannot be decoded to frames (406)."""
     headers = {"Authorization": f"Bearer {site.token('rad')}"}
     for name, media, syntax in (
         ("h264", "video/mp4", "1.2.840.10008.1.2.4.102"),
@@ -398,3 +398,12 @@ def test_video_bulk_data_is_the_stream(site: DocSite) -> None:
             url, headers={**headers, "Accept": 'multipart/related; type="application/octet-stream"'}
         )
         assert decoded.status_code == 406
+        # Frames of a video: any of them is the whole stream (no frame can be cut out of it).
+        frames = url.replace("/bulkdata/7FE00010", "/frames/2")
+        reply = httpx.get(frames, headers={**headers, "Accept": media}, timeout=30)
+        assert reply.status_code == 200 and reply.content == site.streams[name], reply.text[:200]
+        refused = httpx.get(frames, headers={**headers, "Accept": "image/jpeg"}, timeout=30)
+        assert refused.status_code == 406
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        missing = httpx.get(url.replace("/bulkdata/7FE00010", "/frames/999"), headers=headers, timeout=30)
+        assert missing.status_code == 404

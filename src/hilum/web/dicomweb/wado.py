@@ -311,6 +311,10 @@ def retrieve_frames(
     except NotTranscodable as exc:
         raise Problem(404, f"instance {sop_uid} has no frames: {exc}") from None
     numbers = parse_frame_list(frame_list, info.frames)
+    if info.transfer_syntax in MPEGTransferSyntaxes:
+        # A video's frames cannot be cut out of its stream: any of them is the whole
+        # stream, as stored (PS3.18 8.7.3.3.2), or 406.
+        return _video_stream(request, services, instance, path, info)
     first, ts, media, multipart = _first_frame(request, path, info, numbers[0] - 1)
     part_type = f"{media}; transfer-syntax={ts}"
     if not multipart:
