@@ -8,24 +8,31 @@ session cookie (+ CSRF token) or the bearer token it answers.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
+from sqlalchemy import create_engine, update
 
 from auth_util import PASSWORD, hilum_cli, start_secure_server
 from auth_util import token as bearer_token
 from conftest import RunningServer, stop_server
 from factory import StudySpec, stow_study
 from hilum.auth.policy import SHARE_PERMISSIONS, Perm, required_permission, share_route_allowed
+from hilum.domain.clock import utcnow
+from hilum.shares.models import share_links_t
 
-ON = {"HILUM_AUTH__ENABLED": "true", "HILUM_SHARES__PIN_ATTEMPTS": "3", "HILUM_JOBS__POLL_INTERVAL": "0.5"}
+ON = {
+    "HILUM_AUTH__ENABLED": "true",
+    "HILUM_SHARES__PIN_ATTEMPTS": "3",
+    "HILUM_JOBS__POLL_INTERVAL": "0.5",
+    "HILUM_JOBS__HOUSEKEEPING_INTERVAL": "1",
+}
 REFERRING = "HOUSE^GREGORY"
 # The shared patient's identifying values: none may reach the recipient of a de-identified link.
 PATIENT = StudySpec(
@@ -345,7 +352,7 @@ def test_revocation_ends_open_sessions_at_once(site: Site) -> None:
 
 def test_share_session_authorization_matrix(site: Site) -> None:
     """Every endpoint of the schema, called with a share session, on the shared study and another."""
-    from test_auth import _SKIP  # the calls the role matrix leaves out
+    from test_auth import _SKIP, STUDY_PARAMS, concrete_path  # shared with the role matrix
 
     schema = httpx.get(f"{site.base}/api/v1/openapi.json").json()
     calls = [
@@ -365,28 +372,14 @@ def test_share_session_authorization_matrix(site: Site) -> None:
                 needed = required_permission(method, path)
                 for shared in (True, False):
                     study = site.own[0] if shared else site.other[0]
-                    values = {
-                        "study_uid": study.StudyInstanceUID,
-                        "study_instance_uid": study.StudyInstanceUID,
-                        "series_uid": study.SeriesInstanceUID,
-                        "series_instance_uid": study.SeriesInstanceUID,
-                        "sop_uid": study.SOPInstanceUID,
-                        "sop_instance_uid": study.SOPInstanceUID,
-                        "frame_list": "1",
-                        "frame": "1",
-                        "tag": "7FE00010",
-                        "patient": str(study.PatientID),
-                    }
-                    url = re.sub(r"\{(\w+)\}", lambda m, v=values: v.get(m.group(1), "999999"), path)
+                    url = concrete_path(path, study)
                     body: Any = {} if method in ("POST", "PUT") else None
                     reply = (
                         client.request(method, url, json=body)
                         if body is not None
                         else client.request(method, url)
                     )
-                    names_study = any(
-                        f"{{{p}}}" in path for p in values if p not in ("frame_list", "frame", "tag")
-                    )
+                    names_study = any(f"{{{p}}}" in path for p in STUDY_PARAMS)
                     allowed = needed is Perm.PUBLIC or (
                         share_route_allowed(method, path) and needed in held and (shared or not names_study)
                     )
@@ -562,3 +555,35 @@ def test_deidentified_link_serves_no_identifying_value(site: Site) -> None:
         ).status_code
         == 200
     )
+
+
+def test_expired_deidentified_link_loses_its_copy_by_itself(site: Site) -> None:
+    """The job runner's housekeeping deletes the copies of links that expired, without
+    waiting for anyone to create or revoke a link."""
+    created = site.share(deidentified=True)
+    described = _ready(site, created["id"])
+    assert described["ready"], described
+    [pair] = described["copies"]
+    admin = site.as_("administrator")
+    assert httpx.get(f"{site.base}/api/v1/studies/{pair['copy']}", headers=admin).status_code == 200
+    # Expired a minute ago (moved in the index: waiting out a real expiry takes too long).
+    engine = create_engine(site.server.settings.index_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(share_links_t)
+                .where(share_links_t.c.id == created["id"])
+                .values(expires_at=utcnow() - timedelta(minutes=1))
+            )
+    finally:
+        engine.dispose()
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{site.base}/api/v1/studies/{pair['copy']}", headers=admin).status_code != 404:
+        assert time.monotonic() < deadline, "the expired link's copy is still there after 60 s"
+        time.sleep(0.5)
+    original = f"{site.base}/api/v1/studies/{pair['source']}"
+    assert httpx.get(original, headers=admin).status_code == 200
+    described = httpx.get(
+        f"{site.base}/api/v1/shares/{created['id']}", headers=site.as_("radiologist")
+    ).json()
+    assert described["status"] == "expired"

@@ -6,7 +6,8 @@ failed runs again with exponential backoff until ``max_attempts`` runs were
 made. At start it queues again the jobs this node was running when it
 stopped; while running it refreshes its claims (heartbeat) and queues again
 jobs whose node stopped refreshing them (another node sharing the index that
-crashed).
+crashed). Every ``housekeeping_interval`` it deletes the de-identified copies of
+share links that have expired.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hilum.jobs.repository import FAILED, SUCCEEDED, JobStore, utcnow
 from hilum.jobs.settings import JobSettings, job_settings
 from hilum.jobs.store import run_store
 from hilum.shares.copy import run_share_copy
+from hilum.shares.service import ShareService
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class JobRunner:
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         last_beat = 0.0
+        last_housekeeping = time.monotonic()
         while not self._stopping.is_set():
             wait = self.config.poll_interval
             try:
@@ -97,8 +100,24 @@ class JobRunner:
                 wait = self._start_due_jobs()
             except Exception:
                 LOG.exception("job runner: cannot reach the index; trying again")
-            self._wake.wait(min(wait, self.config.poll_interval, self.config.heartbeat_interval))
+            if time.monotonic() - last_housekeeping >= self.config.housekeeping_interval:
+                self._housekeeping()
+                last_housekeeping = time.monotonic()
+            self._wake.wait(
+                min(wait, self.config.poll_interval, self.config.heartbeat_interval,
+                    self.config.housekeeping_interval)
+            )
             self._wake.clear()
+
+    def _housekeeping(self) -> None:
+        services = self.services
+        try:
+            removed = ShareService.build(services.engine, services.storage, services.settings).purge()
+        except Exception:  # tried again at the next round
+            LOG.exception("housekeeping: cannot delete the copies of expired share links")
+            return
+        if removed:
+            LOG.info("housekeeping: deleted %d de-identified cop(ies) of expired share links", removed)
 
     def _heartbeat(self) -> None:
         with self._lock:

@@ -36,6 +36,9 @@ class JobSettings(BaseModel):
     batch_size: int = Field(default=200, ge=1, le=10000)
     # ACSE timeout of Hilum's associations (DIMSE and network timeouts are 4x this).
     timeout: float = Field(default=30.0, gt=0)
+    # How often the runner does its housekeeping: deleting the de-identified copies of
+    # share links that expired (revoked links lose theirs at once).
+    housekeeping_interval: float = Field(default=300.0, gt=0)
 
 
 def job_settings(settings: Settings) -> JobSettings:
