@@ -174,8 +174,21 @@ def test_lockout_after_repeated_failures(site: Site) -> None:
     assert len(items) >= 6 and all(r["outcome"] != 0 for r in items)
 
 
-def _concrete(path: str, site: Site, own: bool) -> str:
-    study = site.own[0] if own else site.other[0]
+# Path parameters that name a study or something in it (access to them is per study).
+STUDY_PARAMS = (
+    "study_uid",
+    "study_instance_uid",
+    "series_uid",
+    "series_instance_uid",
+    "sop_uid",
+    "sop_instance_uid",
+    "patient",
+)
+
+
+def concrete_path(path: str, study: Any) -> str:
+    """``path`` of the OpenAPI schema with its parameters filled in: UIDs of ``study`` (an
+    instance of it), and names and ids that exist nowhere for the rest."""
     values = {
         "study_uid": study.StudyInstanceUID,
         "study_instance_uid": study.StudyInstanceUID,
@@ -196,6 +209,10 @@ def _concrete(path: str, site: Site, own: bool) -> str:
         "principal": "nobody",
     }
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
+
+def _concrete(path: str, site: Site, own: bool) -> str:
+    return concrete_path(path, site.own[0] if own else site.other[0])
 
 
 # Calls that change or destroy things are made with arguments that cannot succeed (unknown
@@ -232,18 +249,7 @@ def test_authorization_matrix(site: Site, role: str) -> None:
                     if body is not None
                     else client.request(method, url)
                 )
-                names_study = any(
-                    f"{{{p}}}" in path
-                    for p in (
-                        "study_uid",
-                        "study_instance_uid",
-                        "series_uid",
-                        "series_instance_uid",
-                        "sop_uid",
-                        "sop_instance_uid",
-                        "patient",
-                    )
-                )
+                names_study = any(f"{{{p}}}" in path for p in STUDY_PARAMS)
                 allowed = needed in permissions and (sees_all or own or not names_study)
                 if "{patient}" in path and not sees_all:
                     allowed = False

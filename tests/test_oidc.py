@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,15 +25,16 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from conftest import BACKENDS, RunningServer, backend_url, free_port, hilum_env, start_server, stop_server
+from auth_util import AUTH_ON as ON
+from auth_util import PASSWORD, hilum_cli
+from auth_util import token as bearer
+from conftest import BACKENDS, RunningServer, backend_url, free_port, start_server, stop_server
 from factory import StudySpec, stow_study
-from hilum.config import Settings, load_settings
+from hilum.config import load_settings
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID = "hilum"
 CLIENT_SECRET = "a-test-client-secret-of-some-length"
-PASSWORD = "correct horse battery"
-ON = {"HILUM_AUTH__ENABLED": "true"}
 ROLE_MAPPING = {
     "pacs-admins": "administrator",
     "pacs-radiologists": "radiologist",
@@ -165,8 +165,8 @@ def _site(node: str, database_url: str, tmp: Path) -> Iterator[Site]:
         server = start_server(settings, tmp, env=env)
         found = re.search(r"password: (\S+)", server.log.read_text())
         assert found, server.log.read_text()
-        admin = _token(base, "admin", found.group(1))
-        _hilum(settings, "user", "add", "localdoc", "--role", "technologist", "--password-stdin",
+        admin = bearer(base, "admin", found.group(1))
+        hilum_cli(settings, "user", "add", "localdoc", "--role", "technologist", "--password-stdin",
                stdin=PASSWORD + "\n")
         site = Site(server, provider, base, admin)
         site.house_study = stow_study(base, StudySpec(patient_id="H1", referring="HOUSE^GREGORY", slices=1),
@@ -191,25 +191,6 @@ def _site(node: str, database_url: str, tmp: Path) -> Iterator[Site]:
         except subprocess.TimeoutExpired:
             op.kill()
             op.wait()
-
-
-def _hilum(settings: Settings, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "hilum.cli", *args, "--data-dir", str(settings.data_dir)],
-        capture_output=True,
-        text=True,
-        env={**hilum_env(settings), **ON},
-        input=stdin,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _token(base: str, username: str, password: str) -> str:
-    reply = httpx.post(f"{base}/api/v1/auth/token", json={"username": username, "password": password})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["access_token"])
 
 
 # -- a browser, more or less ----------------------------------------------------------------
@@ -371,7 +352,7 @@ def test_a_local_account_of_the_same_name_is_not_taken_over(site: Site) -> None:
         assert "local Hilum account named localdoc" in refused.json()["detail"]
         assert "link_existing" in refused.json()["detail"]
     # The local account is untouched: its role and password work as before.
-    token = _token(site.base, "localdoc", PASSWORD)
+    token = bearer(site.base, "localdoc", PASSWORD)
     me = httpx.get(f"{site.base}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
     assert me["role"] == "technologist"
 
@@ -380,7 +361,7 @@ def test_a_disabled_user_stays_refused_through_sso(site: Site) -> None:
     with httpx.Client(timeout=30) as client:
         landed = sign_in(client, site, "u-bob")
         assert landed.status_code == 303, landed.text
-    _hilum(site.server.settings, "user", "disable", "bob")
+    hilum_cli(site.server.settings, "user", "disable", "bob")
     try:
         with httpx.Client(timeout=30) as client:
             refused = sign_in(client, site, "u-bob")
@@ -388,7 +369,7 @@ def test_a_disabled_user_stays_refused_through_sso(site: Site) -> None:
             assert "disabled" in refused.json()["detail"]
             assert "hilum_session" not in client.cookies
     finally:
-        _hilum(site.server.settings, "user", "enable", "bob")
+        hilum_cli(site.server.settings, "user", "enable", "bob")
 
 
 def test_a_wrong_or_missing_state_is_refused(site: Site) -> None:

@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from auth_util import PASSWORD, add_user, base_url, start_secure_server, token
+from auth_util import PASSWORD, base_url, start_secure_server, token
 from conftest import REPO, RunningServer, stop_server
 
 if TYPE_CHECKING:
@@ -65,9 +66,18 @@ def site_server(tmp: Path) -> Iterator[Site]:
     """A secure server with the users of USERS (password PASSWORD); stopped on exit."""
     server, admin_password = start_secure_server(tmp)
     try:
+        site = Site(server, admin_password)
+        # Through the administrators' API: a CLI process per user costs seconds on a busy machine.
+        headers = site.admin_headers()
         for user, role, person in USERS:
-            add_user(server.settings, user, role, person_name=person)
-        yield Site(server, admin_password)
+            reply = httpx.post(
+                f"{site.base}/api/v1/users",
+                json={"username": user, "role": role, "password": PASSWORD, "person_name": person},
+                headers=headers,
+                timeout=60,
+            )
+            assert reply.status_code == 201, reply.text
+        yield site
     finally:
         stop_server(server)
 
