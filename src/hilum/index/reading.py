@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, false, func, select, true, update
 
 from hilum.domain.errors import InvalidQuery, NotFound
+from hilum.index.database import write_transaction
 from hilum.index.models import studies_t
 from hilum.index.writer import index_write_lock
 
@@ -148,28 +149,23 @@ def set_reading(
     two radiologists claiming a study at once cannot both succeed, and SQLite never
     refuses the upgrade of a read transaction to a write one ("database is locked").
     """
-    with index_write_lock(engine), engine.connect() as conn:
-        conn.info["sqlite_begin"] = "IMMEDIATE"
-        try:
-            with conn.begin():
-                before = _state(conn, uid, lock=True)
-                if before is None:
-                    raise NotFound(f"no study {uid}")
-                taken_from = None
-                if before.status == ReadingStatus.IN_PROGRESS and before.user != user:
-                    if not force:
-                        raise ReadingConflict(before)
-                    taken_from = before.user
-                new_user = None if status is ReadingStatus.UNREAD else user
-                if before.status == status and before.user == new_user and status is not ReadingStatus.READ:
-                    return ReadingChange(before, before, None)
-                conn.execute(
-                    update(S)
-                    .where(S.c.study_instance_uid == uid)
-                    .values(reading_status=status.value, reading_user=new_user, reading_changed_at=func.now())
-                )
-                after = _state(conn, uid)
-                assert after is not None
-        finally:
-            conn.info.pop("sqlite_begin", None)
+    with index_write_lock(engine), write_transaction(engine) as conn:
+        before = _state(conn, uid, lock=True)
+        if before is None:
+            raise NotFound(f"no study {uid}")
+        taken_from = None
+        if before.status == ReadingStatus.IN_PROGRESS and before.user != user:
+            if not force:
+                raise ReadingConflict(before)
+            taken_from = before.user
+        new_user = None if status is ReadingStatus.UNREAD else user
+        if before.status == status and before.user == new_user and status is not ReadingStatus.READ:
+            return ReadingChange(before, before, None)
+        conn.execute(
+            update(S)
+            .where(S.c.study_instance_uid == uid)
+            .values(reading_status=status.value, reading_user=new_user, reading_changed_at=func.now())
+        )
+        after = _state(conn, uid)
+        assert after is not None
     return ReadingChange(before, after, taken_from)
