@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import create_engine, update
 
@@ -24,6 +25,8 @@ from auth_util import token as bearer_token
 from conftest import RunningServer, stop_server
 from factory import StudySpec, stow_study
 from hilum.auth.policy import SHARE_PERMISSIONS, Perm, required_permission, share_route_allowed
+from hilum.config import RemoteAE
+from hilum.dimse.scu import Scu
 from hilum.domain.clock import utcnow
 from hilum.shares.models import share_links_t
 
@@ -559,13 +562,21 @@ def test_deidentified_link_serves_no_identifying_value(site: Site) -> None:
 
 def test_expired_deidentified_link_loses_its_copy_by_itself(site: Site) -> None:
     """The job runner's housekeeping deletes the copies of links that expired, without
-    waiting for anyone to create or revoke a link."""
+    waiting for anyone to create or revoke a link; until then C-FIND does not show them."""
     created = site.share(deidentified=True)
     described = _ready(site, created["id"])
     assert described["ready"], described
     [pair] = described["copies"]
     admin = site.as_("administrator")
     assert httpx.get(f"{site.base}/api/v1/studies/{pair['copy']}", headers=admin).status_code == 200
+    # Other DICOM systems do not find the copy (it belongs to its link), only the original.
+    hilum = RemoteAE(name="hilum", ae_title="HILUM", host="127.0.0.1", port=site.server.settings.dicom.port)
+    for uid, expected in ((pair["copy"], 0), (pair["source"], 1)):
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = uid
+        query.PatientID = ""
+        assert len(list(Scu("FINDER").find(hilum, query))) == expected, uid
     # Expired a minute ago (moved in the index: waiting out a real expiry takes too long).
     engine = create_engine(site.server.settings.index_url)
     try:

@@ -2,7 +2,8 @@
 
 Administrators, radiologists and technologists see every study (but the
 de-identified copies made for share links are left out of the latter two's
-searches: they belong to their link). Others (a referring physician) see a
+searches, and from other DICOM systems' C-FIND, C-MOVE and C-GET: they belong to
+their link). Others (a referring physician) see a
 study when its ReferringPhysicianName is their person name, or when it was
 granted to them or to one of their groups. A session opened from a share
 link sees exactly the link's studies, once they are ready, while the link is
@@ -33,12 +34,7 @@ def study_condition(principal: Principal | None) -> Any:
     if principal.role == Role.ADMINISTRATOR:
         return None
     if principal.all_studies:
-        return ~exists(
-            select(1).where(
-                share_link_studies_t.c.study_instance_uid == S.c.study_instance_uid,
-                share_link_studies_t.c.is_copy == true(),
-            )
-        )
+        return not_a_share_copy()
     granted = [
         and_(study_grants_t.c.principal_kind == "user", study_grants_t.c.principal == principal.username)
     ]
@@ -53,6 +49,17 @@ def study_condition(principal: Principal | None) -> Any:
         conditions.append(S.c.referring_physician_name_key == principal.person_name_key)
     conditions.extend(principal.study_rules)  # auth.group_rules naming the user's groups
     return or_(*conditions)
+
+
+def not_a_share_copy() -> Any:
+    """Every study but the de-identified copies made for share links (which belong to
+    their link): what radiologists, technologists and other DICOM systems see."""
+    return ~exists(
+        select(1).where(
+            share_link_studies_t.c.study_instance_uid == S.c.study_instance_uid,
+            share_link_studies_t.c.is_copy == true(),
+        )
+    )
 
 
 def shared_studies(share_id: int) -> Any:

@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (
 )
 
 from hilum.app import Services
+from hilum.auth.access import not_a_share_copy
 from hilum.dicom.filemeta import file_meta_bytes
 from hilum.dimse.commitment import CommitmentService
 from hilum.dimse.identifiers import (
@@ -128,6 +129,7 @@ class DimseHandlers:
             identifier = event.identifier
             self.services.audit.dimse_query(event, identifier)  # PS3.15 A.5.3.10 Query
             query = query_from_identifier(identifier, _root(event))
+            query.restrict = not_a_share_copy()
         except InvalidQuery as exc:
             yield _status(0xA900, str(exc)), None
             return
@@ -212,6 +214,7 @@ class DimseHandlers:
 
     def _instances(self, event: Any) -> list[StoredInstance]:
         query = query_from_identifier(event.identifier, _root(event))
+        query.restrict = not_a_share_copy()  # they belong to their share link
         with self.services.engine.connect() as conn:
             return matching_instances(conn, query)
 
