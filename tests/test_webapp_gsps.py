@@ -4,8 +4,9 @@ A 12-slice CT (with a thin bright cross in the air above the body of one slice),
 second small series, two Grayscale Softcopy Presentation States made with highdicom
 (lung window, rotation 90° and horizontal flip, annotations in two layers; a zoomed
 displayed area, inverse polarity and a Modality LUT of its own, lines on the cross)
-and a Key Object Selection naming four images of both series, stored by STOW-RS. What
-is on screen is checked by screenshots, orientation letters and the viewport's state.
+and a Key Object Selection naming four images of both series, stored by STOW-RS; then
+key images marked in the viewer and stored as a new Key Object Selection. What is on
+screen is checked by screenshots, orientation letters and the viewport's state.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
@@ -485,3 +487,51 @@ def test_key_images_display_set_and_marks(site: Site, context: BrowserContext, s
     page.drag_and_drop(".thumb[data-series^='ko:']", ".grid .cell[data-index='1']")
     page.wait_for_function("() => window.hilumViewer.stackInstances(1).length === 4")
     expect(page.locator(".grid .cell[data-index='1'] .overlay.tr")).to_contain_text("Of Interest")
+
+
+def test_marked_key_images_are_saved_as_a_key_object_selection(
+    site: Site, context: BrowserContext, shots: Path
+) -> None:
+    page = context.new_page()
+    login(page, site, "rad")
+    open_viewer(page, site, SPEC.study_uid, f"?series={SPEC.series_uid}")
+    overlay = page.locator(".grid .cell[data-index='0'] .overlay.bl")
+    for number in (11, 12):
+        go_to_instance(page, number)
+        page.keyboard.press("k")
+        expect(overlay).to_contain_text("☆ Marked, not saved")
+    go_to_instance(page, 10)  # marked and unmarked: left out
+    page.keyboard.press("k")
+    page.keyboard.press("k")
+    expect(overlay).not_to_contain_text("Marked")
+    save = page.locator(".toolbar .key-save")
+    expect(save).to_have_text("★ Store 2 key images")
+    save.click()
+    keys = page.locator(".thumb[data-series^='ko:']")
+    expect(keys).to_have_count(2)
+    expect(save).to_be_hidden()
+    go_to_instance(page, 11)
+    expect(overlay).to_contain_text("★ Key image (Of Interest)")
+    keys.nth(1).click()
+    page.wait_for_function("() => window.hilumViewer.stackInstances(0).length === 2")
+    assert page.evaluate("() => window.hilumViewer.stackInstances(0)") == [11, 12]
+    # In the archive: a KO document by the user, in the study's Hilum key images series.
+    headers = {**site.admin_headers(), "Accept": "application/dicom+json"}
+    found = httpx.get(f"{site.base}/dicomweb/studies/{SPEC.study_uid}/series?Modality=KO", headers=headers)
+    hilum = [s for s in found.json() if s.get("0008103E", {}).get("Value") == ["Hilum key images"]]
+    assert len(hilum) == 1
+    series_uid = hilum[0]["0020000E"]["Value"][0]
+    metadata = httpx.get(
+        f"{site.base}/dicomweb/studies/{SPEC.study_uid}/series/{series_uid}/metadata", headers=headers
+    ).json()
+    assert len(metadata) == 1
+    document = metadata[0]
+    assert document["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.88.59"]
+    assert document["0040A043"]["Value"][0]["00080104"]["Value"] == ["Of Interest"]
+    names = [
+        item["0040A123"]["Value"][0]["Alphabetic"]
+        for item in document["0040A730"]["Value"]
+        if "0040A123" in item
+    ]
+    assert [name.rstrip("^") for name in names] == ["rad"]  # the observer: who marked them
+    shot(page, shots, "gsps-key-saved")

@@ -112,6 +112,8 @@ ROUTES: list[Rule] = [
     # The viewer's measurements, stored as DICOM SR (web/api/annotations.py).
     _rule("GET HEAD", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_READ),
     _rule("POST", r"/api/v1/studies/\{study_uid\}/annotations", Perm.STUDY_WRITE),
+    # Key images marked in the viewer, stored as Key Object Selection documents (web/api/keyimages.py).
+    _rule("POST", r"/api/v1/studies/\{study_uid\}/key-images", Perm.STUDY_WRITE),
     # Reading status (web/api/reading.py): radiologists; anyone who sees the study reads it.
     _rule("PUT", r"/api/v1/studies/\{study_uid\}/reading", Perm.STUDY_READING),
     _rule("GET HEAD", _RESOURCES + r"(/.*)?", Perm.STUDY_READ),

@@ -16,6 +16,7 @@ from hilum.audit.http import AuditMiddleware
 from hilum.web import problems
 from hilum.web.api import annotations as annotations_api
 from hilum.web.api import auth, changes, jobs, nodes, oidc, reading, resources, shares, system, users
+from hilum.web.api import keyimages as keyimages_api
 from hilum.web.api.audit import router as audit_router
 from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from hilum.web.limits import RequestSizeLimit
@@ -64,6 +65,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(users.router, prefix=API_PREFIX, tags=["users"], dependencies=api)
     app.include_router(resources.router, prefix=API_PREFIX, tags=["resources"], dependencies=api)
     app.include_router(annotations_api.router, prefix=API_PREFIX, tags=["measurements"], dependencies=api)
+    app.include_router(keyimages_api.router, prefix=API_PREFIX, tags=["key images"], dependencies=api)
     app.include_router(reading.router, prefix=API_PREFIX, tags=["reading"], dependencies=api)
     app.include_router(nodes.router, prefix=API_PREFIX, tags=["remote AEs"], dependencies=api)
     app.include_router(jobs.router, prefix=API_PREFIX, tags=["jobs"], dependencies=api)

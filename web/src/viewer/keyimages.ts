@@ -54,7 +54,7 @@ export function parseKeyObject(json: DicomJson): KeyObject {
   for (const item of seq(json, TAG.ContentSequence)) {
     const type = str(item, TAG.ValueType);
     if (type === 'TEXT') texts.push(str(item, TAG.TextValue));
-    if (type !== 'IMAGE') continue;
+    if (type !== 'IMAGE' && type !== 'COMPOSITE') continue; // COMPOSITE: an image referenced without its matrix
     for (const ref of seq(item, TAG.ReferencedSOPSequence)) {
       const sop = str(ref, TAG.ReferencedSOPInstanceUID);
       const place = where.get(sop);

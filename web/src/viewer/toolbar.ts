@@ -43,6 +43,7 @@ export const SHORTCUTS: [string, string][] = [
   ['I', 'invert'], ['H / V', 'flip horizontal / vertical'], ['R / Shift+R', 'rotate 90° right / left'],
   ['Esc', 'reset the view'], ['C', 'cine play / pause'], ['M', 'MPR on / off'], ['Y', 'synchronise scroll and W/L on / off'],
   ['Tab', 'next viewport'], ['Ctrl+I', 'DICOM tags'], ['Delete', 'delete the selected measurement'],
+  ['K', 'mark / unmark the image as a key image (stored with “★ Store”)'],
   ['Ctrl+S', 'save measurements'], ['?', 'this help'],
 ];
 
@@ -57,6 +58,8 @@ export class Toolbar {
   private syncButton: HTMLButtonElement;
   private mprButton: HTMLButtonElement;
   saveButton: HTMLButtonElement;
+  keyButton: HTMLButtonElement;
+  keySaveButton: HTMLButtonElement;
   private group: tools.Types.IToolGroup | null = null;
 
   constructor(private viewer: Viewer) {
@@ -82,6 +85,10 @@ export class Toolbar {
     this.mprButton = h('button', { title: 'MPR: axial, sagittal, coronal with crosshairs (M)', onclick: () => void viewer.toggleMpr() }, '⊞ MPR') as HTMLButtonElement;
     this.saveButton = h('button', { title: 'Save measurements to the archive (Ctrl+S)', onclick: () => void viewer.measurements.save() }, 'Save') as HTMLButtonElement;
     this.saveButton.hidden = !session.can('study.write');
+    this.keyButton = h('button', { title: 'Mark or unmark the image as a key image (K)', 'aria-pressed': 'false', onclick: () => viewer.toggleKeyImage() }, '☆ Key') as HTMLButtonElement;
+    this.keySaveButton = h('button.key-save', { title: 'Store the marked key images in the archive (a Key Object Selection document)', onclick: () => void viewer.saveKeyImages() }, '★ Store') as HTMLButtonElement;
+    this.keyButton.hidden = !session.can('study.write');
+    this.keySaveButton.hidden = true;
     const sep = () => h('span.sep');
     this.el.append(
       ...TOOL_BUTTONS.slice(0, 5).map((t) => this.buttons.get(t.key)!), sep(),
@@ -96,7 +103,7 @@ export class Toolbar {
       this.cineButton, h('label', this.fpsInput, 'fps'), sep(),
       h('button', { title: 'DICOM tags (Ctrl+I)', onclick: () => viewer.showTags() }, 'Tags'),
       h('button', { title: 'Measurements of this study', onclick: () => viewer.measurements.showList() }, 'List'),
-      this.saveButton,
+      this.saveButton, this.keyButton, this.keySaveButton,
       h('button', { title: 'Keyboard shortcuts (?)', onclick: () => showHelp() }, '?'),
     );
   }
@@ -172,6 +179,15 @@ export class Toolbar {
     this.syncSync();
   }
 
+  /** The key image buttons: whether the image on screen is marked, how many wait to be saved. */
+  syncKeys(marked: boolean, pending: number): void {
+    this.keyButton.classList.toggle('active', marked);
+    this.keyButton.setAttribute('aria-pressed', String(marked));
+    this.keyButton.textContent = marked ? '★ Key' : '☆ Key';
+    this.keySaveButton.hidden = !pending;
+    this.keySaveButton.textContent = `★ Store ${pending} key image${pending === 1 ? '' : 's'}`;
+  }
+
   syncCell(cell: Cell | undefined): void {
     this.cineButton.classList.toggle('active', !!cell?.cine);
     this.cineButton.textContent = cell?.cine ? '⏸ Cine' : '▶ Cine';
@@ -219,6 +235,7 @@ export class Toolbar {
         case 'c': v.toggleCine(); return true;
         case 'm': void v.toggleMpr(); return true;
         case 'y': this.toggleSync(); return true;
+        case 'k': v.toggleKeyImage(); return true;
         default: return false;
       }
     })();

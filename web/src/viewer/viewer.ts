@@ -1,5 +1,5 @@
 // The diagnostic viewer: series panel, viewport grid, tools, hanging of current and prior.
-import { describeError, session } from '../api';
+import { API, describeError, postJSON, session } from '../api';
 import { dicomDate, num, personName, TAG, type DicomJson } from '../dicom';
 import { h, mount, toast } from '../dom';
 import { header } from '../pages/browser';
@@ -66,6 +66,7 @@ export class Viewer {
   sync = true;
   states: PresentationState[] = []; // of the current study and loaded priors
   keyObjects: KeyObject[] = [];
+  marked: string[] = []; // imageIds marked as key images, not saved yet
   voiSync: ReturnType<typeof tools.synchronizers.createVOISynchronizer> | null = null;
   private disposers: (() => void)[] = [];
   private overlayPending = new Set<Cell>();
@@ -352,6 +353,7 @@ export class Viewer {
     this.active = index;
     this.markActive();
     this.toolbar.syncCell(this.cells[index]);
+    this.updateOverlay(this.cells[index]);
   }
 
   private markActive(): void {
@@ -519,7 +521,9 @@ export class Viewer {
     const props = vp.getProperties();
     let zoom: number | undefined;
     try { zoom = vp.getZoom(); } catch { zoom = undefined; }
-    fillDynamic(cell.corners, set, index, instance, props.voiRange, zoom, cell.cine ? `▶ ${this.toolbar.fps()} fps` : '', this.keyMark(set, vp.getCurrentImageId(), instance));
+    const imageId = vp.getCurrentImageId();
+    fillDynamic(cell.corners, set, index, instance, props.voiRange, zoom, cell.cine ? `▶ ${this.toolbar.fps()} fps` : '', this.keyMark(set, imageId, instance));
+    if (cell === this.cells[this.active]) this.toolbar.syncKeys(!!imageId && this.marked.includes(imageId), this.marked.length);
     const hasGeometry = !!instance?.['00200037']?.Value?.length;
     const rect = cell.vpEl.getBoundingClientRect();
     fillOrientation(cell.corners, hasGeometry ? (p) => Array.from(vp.canvasToWorld(p)) : null, rect.width, rect.height);
@@ -544,7 +548,52 @@ export class Viewer {
     const titles = this.keyObjects
       .filter((ko) => ko.refs.some((r) => r.sop === sop && (!r.frames.length || r.frames.includes(frame))))
       .map((ko) => ko.title);
-    return titles.length ? `★ Key image (${[...new Set(titles)].join(', ')})` : '';
+    const saved = titles.length ? `★ Key image (${[...new Set(titles)].join(', ')})` : '';
+    const pending = this.marked.includes(imageId) ? '☆ Marked, not saved' : '';
+    return [saved, pending].filter(Boolean).join(' · ');
+  }
+
+  // ---- marking key images (saved as a Key Object Selection document) ----
+
+  /** Mark or unmark the image on screen in the active viewport. */
+  toggleKeyImage(): void {
+    const cell = this.cells[this.active];
+    const vp = this.stackViewport(cell);
+    const imageId = vp?.getCurrentImageId();
+    if (!cell?.set || !imageId) return toast('Show an image to mark it as a key image', 'error');
+    if (cell.set.study.uid !== this.study.uid) return toast('Key images are marked in the current study, not in priors', 'error');
+    const at = this.marked.indexOf(imageId);
+    if (at >= 0) this.marked.splice(at, 1);
+    else this.marked.push(imageId);
+    this.updateOverlay(cell);
+  }
+
+  /** Store the marked images (whole instances, in the order marked) as one document. */
+  async saveKeyImages(): Promise<void> {
+    const sops = [...new Set(this.marked.map((id) => imageRef(id).sop))];
+    if (!sops.length) return;
+    this.toolbar.keySaveButton.disabled = true;
+    try {
+      const saved = await postJSON<{ series_instance_uid: string; sop_instance_uid: string; images: number }>(
+        `${API}/studies/${this.study.uid}/key-images`, { sop_instance_uids: sops, title: 'Of Interest' });
+      this.marked = [];
+      toast(`${saved.images} key image(s) saved`);
+      // The document's series: new, or one whose instances are read again.
+      const known = this.sets.find((s) => s.seriesUid === saved.series_instance_uid && !s.keyObject);
+      if (known) {
+        known.loading = undefined;
+        known.instances = null;
+      } else {
+        const fresh = await fetchSeries(this.study, false);
+        for (const set of fresh) if (!this.sets.some((s) => s.seriesUid === set.seriesUid)) this.sets.push(set);
+      }
+      await this.loadDerived(this.sets);
+    } catch (error) {
+      toast(describeError(error), 'error');
+    } finally {
+      this.toolbar.keySaveButton.disabled = false;
+      for (const cell of this.cells) this.updateOverlay(cell);
+    }
   }
 
   // ---- presentation states (gsps.ts) ----
