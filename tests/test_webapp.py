@@ -342,6 +342,9 @@ def test_length_measurement_is_right_saved_restored_and_shared(
     assert len(measured) == 1 and measured[0]["kind"] == "length"
     length = measured[0]["values"][0]
     assert length["unit"] == "mm" and abs(length["value"] - 50.0) < 0.6, length
+    # Stored in DICOM's SCOORD convention ((0,0) the top left corner of the top left pixel),
+    # as the image coordinates the line was drawn at: no half-pixel shift.
+    assert np.allclose(measured[0]["points"], [[60, 128], [160, 128]], atol=0.25), measured[0]["points"]
     page.wait_for_selector("svg text:has-text('mm')")
     shot(page, shots, "measure-length", cell(page))
     assert page.locator("svg text").filter(has_text=re.compile(r"^(49\.|50\.)\d* mm$")).count() >= 1

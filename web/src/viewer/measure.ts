@@ -177,7 +177,9 @@ export class Measurements {
       if (!ref) continue;
       const points = a.data.handles.points.map((w) => {
         const [x, y] = core.utilities.worldToImageCoords(imageId, w as core.Types.Point3) ?? [NaN, NaN];
-        return [round(x + 0.5), round(y + 0.5)] as [number, number];
+        // Cornerstone's image coordinates are DICOM's SCOORD ones: (0,0) is the top left
+        // corner of the top left pixel (PS3.3 C.18.6.1.1), no half-pixel shift either way.
+        return [round(x), round(y)] as [number, number];
       });
       if (points.some(([x, y]) => !Number.isFinite(x) || !Number.isFinite(y))) continue;
       const label = a.data.label || a.data.text || '';
@@ -262,7 +264,7 @@ export class Measurements {
     const col = plane?.columnCosines ?? [0, 1, 0];
     const normal: Point3 = [row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0]];
     const points = fromScoordOrder(m.kind, m.points).map(([x, y]) =>
-      core.utilities.imageToWorldCoords(imageId, [x - 0.5, y - 0.5]) as Point3);
+      core.utilities.imageToWorldCoords(imageId, [x, y]) as Point3);
     const annotation: CsAnnotation = {
       invalidated: true,
       highlighted: false,
