@@ -1,4 +1,5 @@
-"""The viewer's measurements as DICOM SR: POST/GET /api/v1/studies/{study}/annotations.
+"""The viewer's measurements as DICOM SR (POST/GET /api/v1/studies/{study}/annotations) and its
+key images as Key Object Selection documents (POST /api/v1/studies/{study}/key-images).
 
 Every kind of measurement goes in, a TID 1500 Comprehensive 3D SR is stored through
 ingest (a real archived instance, valid for dciodvfy), and the same list comes back.
@@ -154,3 +155,55 @@ def test_bad_measurements_are_refused(server: RunningServer) -> None:
     assert httpx.get(url).json()["measurements"] == []  # nothing stored
     assert httpx.get(f"{base}/api/v1/studies/1.2.3.999/annotations").status_code == 404
     assert httpx.get(f"{base}/api/v1/studies/not-a-uid/annotations").status_code == 400
+
+
+def test_key_images_are_stored_as_a_valid_key_object_selection(server: RunningServer, tmp_path: Path) -> None:
+    """POST /studies/{study}/key-images: a Key Object Selection document (TID 2010) of the
+    marked images, in order, stored in the study through ingest and valid for dciodvfy;
+    bad input is refused with a problem and stores nothing."""
+    base = f"http://127.0.0.1:{server.settings.http.port}"
+    spec = CtSpec(slices=4, size=32)
+    images = ct_series(spec)
+    stow(base, images)
+    url = f"{base}/api/v1/studies/{spec.study_uid}/key-images"
+    sops = [str(images[i].SOPInstanceUID) for i in (2, 0)]
+    for body, status in (
+        ({"sop_instance_uids": []}, 400),
+        ({"sop_instance_uids": ["1.2.3.4"]}, 400),  # not in the study
+        ({"sop_instance_uids": ["not a uid"]}, 400),
+        ({"sop_instance_uids": sops, "title": "Of No Interest"}, 400),
+        ({"sop_instance_uids": sops, "extra": 1}, 400),
+    ):
+        reply = httpx.post(url, json=body)
+        assert reply.status_code == status, (body, reply.text)
+        assert reply.headers["content-type"].startswith("application/problem+json"), reply.text
+    missing = httpx.post(f"{base}/api/v1/studies/1.2.3.999/key-images", json={"sop_instance_uids": sops})
+    assert missing.status_code == 404
+    series = httpx.get(f"{base}/dicomweb/studies/{spec.study_uid}/series").json()
+    assert [s["00080060"]["Value"][0] for s in series] == ["CT"]  # nothing stored
+    saved = httpx.post(url, json={"sop_instance_uids": sops, "title": "For Teaching", "description": "two"})
+    assert saved.status_code == 201, saved.text
+    answer = saved.json()
+    assert answer["images"] == 2 and answer["title"] == "For Teaching" and answer["saved_by"] == "anonymous"
+    reply = httpx.get(
+        f"{base}/dicomweb/studies/{spec.study_uid}/series/{answer['series_instance_uid']}"
+        f"/instances/{answer['sop_instance_uid']}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+    assert reply.status_code == 200
+    boundary = reply.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
+    body = reply.content.split(f"--{boundary}".encode())[1].split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+    path = tmp_path / "ko.dcm"
+    path.write_bytes(body)
+    ds = dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59" and ds.Modality == "KO"
+    assert ds.ConceptNameCodeSequence[0].CodeMeaning == "For Teaching"
+    referenced = [
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in ds.ContentSequence
+        if item.ValueType == "IMAGE"
+    ]
+    assert referenced == sops  # in the order marked
+    result = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert not [line for line in output.splitlines() if line.startswith("Error")], output
