@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,11 +110,15 @@ class Scu:
 
     def _associate(self, ae: AE, remote: RemoteAE, **kwargs: Any) -> Association:
         tls_args = self.tls_args(remote)
+        started = time.monotonic()
         assoc = ae.associate(
             remote.host, remote.port, ae_title=remote.ae_title, tls_args=tls_args, **kwargs
         )
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+            if not assoc.is_rejected and time.monotonic() - started >= 0.95 * self.timeout:
+                # pynetdicom aborts when the peer does not answer within the ACSE timeout.
+                reason = f"not answered within {self.timeout:g} s"
             over = " over TLS" if tls_args else ""
             raise ScuError(
                 f"association{over} with {remote.ae_title}@{remote.host}:{remote.port} {reason}"

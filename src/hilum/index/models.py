@@ -202,6 +202,14 @@ Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
 Index(
     "ix_studies_reading_status_date", Study.reading_status, Study.study_date, Study.__table__.c.study_time
 )
+# The study lists' default order, newest first (migration 0011; PostgreSQL only: SQLite
+# reads the plain date index backwards, and has no NULLS LAST in indexes).
+Index(
+    "ix_studies_newest_first",
+    Study.study_date.desc().nulls_last(),
+    Study.__table__.c.study_time.desc().nulls_last(),
+    Study.id,
+).ddl_if(dialect="postgresql")
 Index("ix_patients_birth_date", Patient.__table__.c.patient_birth_date)
 Index("ix_series_study_modality", Series.study_pk, Series.modality)
 Index("ix_instances_series_number", Instance.series_pk, Instance.__table__.c.instance_number)
