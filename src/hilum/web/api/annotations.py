@@ -192,15 +192,20 @@ def save_annotations(
         )
     except (sr.AnnotationError, ValueError, TypeError) as exc:
         raise Problem(400, f"cannot encode the measurements: {exc}") from None
+    store_created(services, dataset, source=f"{SOURCE_PREFIX}{author}", study_uid=study_uid,
+                  what="the measurement report")
+    return _read(services, study_uid)
+
+
+def store_created(services: Services, dataset: Dataset, *, source: str, study_uid: str, what: str) -> None:
+    """Store an object Hilum made (a report, a key object selection) in ``study_uid``
+    through the one ingest path, as any received instance; 409 if it was not stored."""
     buffer = DicomBytesIO()
     dcmwrite(buffer, dataset, enforce_file_format=True)
     staged = services.ingest.stage_bytes(buffer.getvalue())
     try:
-        result = services.ingest.ingest_staged(
-            staged, source=f"{SOURCE_PREFIX}{author}", expected_study_uid=study_uid
-        )
+        result = services.ingest.ingest_staged(staged, source=source, expected_study_uid=study_uid)
     except IngestFailure as failure:
-        raise Problem(409, f"the measurement report was not stored: {failure}") from None
+        raise Problem(409, f"{what} was not stored: {failure}") from None
     if not result.ok:
-        raise Problem(409, f"the measurement report was not stored: {result.message}")
-    return _read(services, study_uid)
+        raise Problem(409, f"{what} was not stored: {result.message}")

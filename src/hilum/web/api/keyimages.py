@@ -16,17 +16,16 @@ from typing import Any, Literal
 import highdicom as hd
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from pydicom import dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from sqlalchemy import Connection, func, select
 
 from hilum.dicom import annotations as sr
-from hilum.domain.errors import IngestFailure, NotFound
+from hilum.domain.errors import NotFound
 from hilum.index.metadata import as_dict, models_of
 from hilum.index.models import instances_t, series_t, studies_t
+from hilum.web.api.annotations import store_created
 from hilum.web.deps import ServicesDep, checked_uid
 from hilum.web.problems import Problem
 from hilum.web.security import principal_of
@@ -188,17 +187,8 @@ def save_key_images(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise Problem(400, f"cannot encode the key object selection: {exc}") from None
-    buffer = DicomBytesIO()
-    dcmwrite(buffer, dataset, enforce_file_format=True)
-    staged = services.ingest.stage_bytes(buffer.getvalue())
-    try:
-        result = services.ingest.ingest_staged(
-            staged, source=f"{SOURCE_PREFIX}{author}", expected_study_uid=study_uid
-        )
-    except IngestFailure as failure:
-        raise Problem(409, f"the key object selection was not stored: {failure}") from None
-    if not result.ok:
-        raise Problem(409, f"the key object selection was not stored: {result.message}")
+    store_created(services, dataset, source=f"{SOURCE_PREFIX}{author}", study_uid=study_uid,
+                  what="the key object selection")
     return SavedKeyImages(
         study_instance_uid=study_uid,
         series_instance_uid=str(dataset.SeriesInstanceUID),
