@@ -100,3 +100,34 @@ def test_responses_reach_the_sender_when_the_reactor_is_slow_to_pause(peer: int)
         assert time.monotonic() - started < 4.0
     finally:
         assoc.release()
+
+
+def late_acse(original: Any) -> Any:
+    """ACSE.send_request, holding the requesting ACSE thread back after it hands the
+    A-ASSOCIATE-RQ over, so the network thread connects, sends it, reads the peer's
+    answer and closes before the ACSE looks at the socket: the window a loaded machine
+    opens at random."""
+
+    def send_request(acse: Any) -> None:
+        original(acse)
+        time.sleep(0.5)
+
+    return send_request
+
+
+def test_a_rejection_is_reported_as_rejected_when_the_acse_is_late(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from pynetdicom.acse import ACSE
+
+    from dimse_util import dcmtk_storescp
+    from hilum.config import RemoteAE
+    from hilum.dimse.scu import Scu, ScuError
+
+    apply_pynetdicom_tuning()
+    monkeypatch.setattr(ACSE, "send_request", late_acse(ACSE.send_request))
+    with dcmtk_storescp(tmp_path / "received", "REFUSING", "--refuse") as scp:
+        remote = RemoteAE(name="picky", ae_title=scp.ae_title, host="127.0.0.1", port=scp.port)
+        for _ in range(3):
+            with pytest.raises(ScuError, match="rejected"):
+                Scu("HILUM", timeout=10).echo(remote)

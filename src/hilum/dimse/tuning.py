@@ -22,6 +22,13 @@
   then waits the whole DIMSE timeout (seen in store jobs and C-MOVE sub-operations
   on a loaded machine). A response the reactor takes while a sender is waiting is
   put back at the head of the queue for that sender.
+* A rejected association is reported as rejected. When requesting one,
+  pynetdicom's ACSE thread checks that the socket is connected only after the
+  network thread has connected and sent the request; a peer that rejects at once
+  and closes (DCMTK ``storescp --refuse``) can have its rejection read and the
+  socket closed by then, so the ACSE saw "not connected" and aborted: the caller
+  was told "aborted" with the rejection left unread in the queue. The rejection
+  is taken from the queue in that case.
 * Back-pressure on outgoing P-DATA: pynetdicom queues every PDU of a message
   for the network thread without limit, so sending a 1 GB instance (C-GET,
   C-MOVE, SCU store) could buffer most of it in memory. At most
@@ -42,7 +49,7 @@ from pydicom.uid import UID
 from pynetdicom import _config, acse, sop_class, transport
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.presentation import (
     PresentationContext,
     negotiate_as_acceptor,
@@ -105,11 +112,34 @@ def apply_pynetdicom_tuning() -> None:
         serve_request(self, msg, context_id)
 
     Association._serve_request = _serve_request  # type: ignore[method-assign]
+
+    negotiate_as_requestor = acse.ACSE._negotiate_as_requestor
+
+    @functools.wraps(negotiate_as_requestor)
+    def _negotiate_as_requestor(self: acse.ACSE) -> None:
+        negotiate_as_requestor(self)
+        if self.assoc.is_aborted and not self.assoc.is_established:
+            rejection = queued_rejection(self.dul.to_user_queue)
+            if rejection is not None:
+                self.acceptor.primitive = rejection
+                self.assoc.is_aborted = False
+                self.assoc.is_rejected = True
+
+    acse.ACSE._negotiate_as_requestor = _negotiate_as_requestor  # type: ignore[method-assign]
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     # pynetdicom formats every C-FIND/MOVE/GET identifier for its INFO log,
     # whether or not anything logs at INFO.
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def queued_rejection(q: queue.Queue[Any]) -> A_ASSOCIATE | None:
+    """The A-ASSOCIATE reject confirmation waiting unread in ``q``, if there is one."""
+    with q.mutex:
+        for item in q.queue:
+            if isinstance(item, A_ASSOCIATE) and item.result in (0x01, 0x02):
+                return item
+    return None
 
 
 def requeue_first(q: queue.Queue[Any], item: Any) -> None:
