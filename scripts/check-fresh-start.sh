@@ -14,10 +14,11 @@ PYTHON=${PYTHON:-python3}
 work=$(mktemp -d /tmp/hilum-fresh-start.XXXXXX)
 server_pid=""
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$server_pid" 2>/dev/null || true
+  # serve.sh runs in a process group of its own: stop all of it (pip, npm, hilum serve).
+  if [ -n "$server_pid" ] && kill -0 -- "-$server_pid" 2>/dev/null; then
+    kill -TERM -- "-$server_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 -- "-$server_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$server_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
 }
@@ -57,11 +58,11 @@ dicom_port=$(free_port)
 http_port=$(free_port "$dicom_port")
 
 # The README's first command, as is; the server keeps running in the background.
-bash scripts/serve.sh --dicom-port "$dicom_port" --http-port "$http_port" >"$work/serve.log" 2>&1 &
+setsid bash scripts/serve.sh --dicom-port "$dicom_port" --http-port "$http_port" >"$work/serve.log" 2>&1 &
 server_pid=$!
 
 base="http://127.0.0.1:$http_port"
-deadline=$(( $(date +%s) + 600 ))  # the first run installs everything: give it time
+deadline=$(( $(date +%s) + 1200 ))  # the first run installs everything: give it time
 until curl -fsS "$base/api/v1/health" -o "$work/health.json" 2>/dev/null; do
   kill -0 "$server_pid" 2>/dev/null || fail "serve.sh exited before Hilum answered"
   [ "$(date +%s)" -lt "$deadline" ] || fail "no answer from $base/api/v1/health"

@@ -1,20 +1,32 @@
-"""Shared fixtures: settings and services on SQLite *and* PostgreSQL, a real server.
+"""Shared fixtures: settings and services on SQLite (and PostgreSQL where SQL matters), a real server.
 
-Every test that takes ``settings``, ``services`` or ``server`` runs once per
-index backend: ``[sqlite]`` and ``[postgresql]`` (a fresh database on the
-server at 127.0.0.1:5432, dropped afterwards). Set HILUM_TEST_BACKENDS=sqlite
-to run only one.
+Back-ends: a test that takes ``settings``, ``services``, ``server`` or ``database_url``
+runs on SQLite (``[sqlite]``); in a module or test marked ``@pytest.mark.postgres`` (SQL,
+transactions or concurrency matter there: search, the writer, migrations, QIDO, reading
+status, the change feed, jobs, lockouts) it runs once per back-end: ``[sqlite]`` and
+``[postgresql]`` (a fresh database on the server at 127.0.0.1:5432, dropped afterwards).
+Module-scoped servers choose with :data:`BACKENDS` (both) or :data:`DEFAULT_BACKENDS`.
+HILUM_TEST_BACKENDS=sqlite runs only one back-end everywhere; HILUM_TEST_EVERY_BACKEND=1
+runs every test on every back-end.
+
+Migrations run once per test process into a template (a PostgreSQL template database, a
+SQLite file) that each new index is copied from; tests marked ``unmigrated`` start from an
+empty index.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import queue
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +42,7 @@ from hilum.config import Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("HILUM_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
 BACKENDS = os.environ.get("HILUM_TEST_BACKENDS", "sqlite,postgresql").split(",")
+DEFAULT_BACKENDS = BACKENDS if os.environ.get("HILUM_TEST_EVERY_BACKEND") else BACKENDS[:1]
 
 os.environ.setdefault("TCP_NODELAY", "1")
 
@@ -62,45 +75,153 @@ def free_port() -> int:
     raise RuntimeError("no free port in this test process's band")
 
 
+class _Templates:
+    """Migrated indexes to copy, made once per test process: a PostgreSQL template
+    database and a SQLite file. Databases are dropped by a background thread (a DROP
+    DATABASE waits for a checkpoint: seconds each)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pg: str | None = None
+        self._sqlite: Path | None = None
+        self._drops: queue.Queue[str | None] = queue.Queue()
+        self._dropper: threading.Thread | None = None
+
+    def _migrate(self, url: str, data_dir: Path) -> None:
+        settings = load_settings(None, data_dir=data_dir, database_url=url, auth={"enabled": False})
+        prepare(settings)
+
+    def sqlite_index(self) -> Path:
+        with self._lock:
+            if self._sqlite is None:
+                folder = Path(tempfile.mkdtemp(prefix="hilum-template-"))
+                atexit.register(shutil.rmtree, folder, True)
+                self._migrate("", folder / "data")
+                self._sqlite = folder / "data" / "index.sqlite"
+            return self._sqlite
+
+    def pg_template(self) -> str:
+        with self._lock:
+            if self._pg is None:
+                import psycopg
+
+                name = f"hilum_test_tmpl_{uuid.uuid4().hex[:12]}"
+                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+                folder = Path(tempfile.mkdtemp(prefix="hilum-template-"))
+                try:
+                    self._migrate(pg_url(name), folder / "data")
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+                self._pg = name
+                atexit.register(self.drop_now, name)
+            return self._pg
+
+    def drop_later(self, name: str) -> None:
+        with self._lock:
+            if self._dropper is None:
+                self._dropper = threading.Thread(target=self._drop_loop, name="pg-dropper", daemon=True)
+                self._dropper.start()
+                atexit.register(self._finish_drops)
+        self._drops.put(name)
+
+    def _drop_loop(self) -> None:
+        while (name := self._drops.get()) is not None:
+            try:
+                self.drop_now(name)
+            except Exception as exc:  # a leftover test database is not a test failure
+                print(f"cannot drop test database {name}: {exc}", file=sys.stderr)
+
+    def _finish_drops(self) -> None:
+        self._drops.put(None)
+        if self._dropper is not None:
+            self._dropper.join(timeout=120)
+
+    @staticmethod
+    def drop_now(name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+TEMPLATES = _Templates()
+
+
+def pg_url(name: str) -> str:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}"
+
+
 @contextmanager
-def backend_url(backend: str) -> Iterator[str]:
-    """An index URL: "" (SQLite inside data_dir) or a fresh PostgreSQL database, dropped after."""
+def backend_url(backend: str, *, migrated: bool = True) -> Iterator[str]:
+    """An index URL: "" (SQLite inside data_dir) or a fresh PostgreSQL database, dropped
+    after. ``migrated``: a copy of the migrated template (else an empty database)."""
     if backend == "sqlite":
         yield ""
         return
     import psycopg
 
     name = f"hilum_test_{uuid.uuid4().hex[:12]}"
+    template = f' TEMPLATE "{TEMPLATES.pg_template()}"' if migrated else ""
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        conn.execute(f'CREATE DATABASE "{name}"{template}')
     try:
-        yield f"{base}/{name}"
+        yield pg_url(name)
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        TEMPLATES.drop_later(name)
 
 
-@pytest.fixture(params=BACKENDS)
+def seed_index(settings: Settings) -> None:
+    """A SQLite index not made yet starts as a copy of the migrated template."""
+    if settings.database_url:
+        return
+    index = settings.data_dir / "index.sqlite"
+    if not index.exists():
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(TEMPLATES.sqlite_index(), index)
+        index.chmod(0o600)
+
+
+def _backend_params(metafunc: pytest.Metafunc) -> list[str]:
+    return BACKENDS if metafunc.definition.get_closest_marker("postgres") else DEFAULT_BACKENDS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "database_url" in (names.split(",") if isinstance(names, str) else names):
+            return
+    metafunc.parametrize("database_url", _backend_params(metafunc), indirect=True)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with backend_url(request.param) as url:
+    migrated = request.node.get_closest_marker("unmigrated") is None
+    with backend_url(request.param, migrated=migrated) as url:
         yield url
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return load_settings(
+def settings(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Settings:
+    """``DICOM_WORKERS`` in a test module: receiving processes of its servers (default 1)."""
+    made = load_settings(
         None,
         data_dir=tmp_path / "data",
         database_url=database_url,
         # The archive's tests talk to it from DCMTK tools with many AE titles: admit
         # unknown AEs (the default refuses them; tests/test_dimse_permissions.py).
-        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1", "workers": 2,
-               "accept_unknown_aes": True},
+        dicom={"ae_title": "HILUM", "port": free_port(), "host": "127.0.0.1",
+               "workers": getattr(request.module, "DICOM_WORKERS", 1), "accept_unknown_aes": True},
         http={"port": free_port()},
         # The archive's tests run without logging in (tests/test_auth.py turns it on).
         auth={"enabled": False},
     )
+    if request.node.get_closest_marker("unmigrated") is None:
+        seed_index(made)
+    return made
 
 
 @pytest.fixture
@@ -165,6 +286,7 @@ def start_server(
     settings: Settings, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> RunningServer:
     """Start `hilum serve`; ``env`` adds environment (e.g. HILUM_DICOM__DUPLICATE_POLICY)."""
+    seed_index(settings)
     log = tmp_path / f"server-{settings.dicom.port}.log"
     handle = log.open("wb")
     process = subprocess.Popen(
@@ -218,7 +340,7 @@ def stop_server(server: RunningServer) -> None:
 
 @pytest.fixture
 def server(settings: Settings, tmp_path: Path) -> Iterator[RunningServer]:
-    """A real `hilum serve` process (2 receiving processes) on free ports."""
+    """A real `hilum serve` process on free ports (``DICOM_WORKERS`` receiving processes)."""
     running = start_server(settings, tmp_path)
     try:
         yield running

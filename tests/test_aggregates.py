@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
@@ -13,6 +14,8 @@ from hilum.app import Services
 from hilum.config import DuplicatePolicy
 from hilum.index.models import patients_t, series_t, studies_t
 from hilum.index.writer import recount
+
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
 
 
 def _counters(services: Services) -> dict[str, list[tuple[object, ...]]]:

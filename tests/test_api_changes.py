@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom import dcmread
 
 from conftest import RunningServer, require_tool, run_hilum, start_server, stop_server
 from factory import StudySpec, write_study
+
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
 
 
 def feed(port: int, since: int, limit: int) -> dict[str, Any]:

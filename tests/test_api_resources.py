@@ -16,6 +16,8 @@ import pytest
 from conftest import RunningServer, require_tool
 from factory import StudySpec, write_study
 
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
+
 
 def api(server: RunningServer) -> httpx.Client:
     return httpx.Client(base_url=f"http://127.0.0.1:{server.settings.http.port}/api/v1", timeout=60)

@@ -47,6 +47,8 @@ from hilum.config import ConfigError, Settings, load_settings
 from hilum.domain.events import InstanceStored
 from hilum.index.database import make_engine
 
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
+
 # -- the PS3.15 A.5.1 schema, as checks --------------------------------------------------------
 _CODED_REQUIRED = {"csd-code", "codeSystemName", "originalText"}
 _CODED_ALLOWED = _CODED_REQUIRED | {"displayName"}

@@ -30,8 +30,11 @@ from hilum.index.models import Change, Instance, Patient, Series, Study
 from hilum.ingest.service import content_sha256
 from hilum.storage.filesystem import FilesystemStorage
 
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
+
 SLICES = 100
 SENDERS = 2
+DICOM_WORKERS = 2  # the senders' associations land in different receiving processes
 
 
 def kill_server_tree(server: RunningServer) -> int:

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from pydicom.dataset import Dataset
 
-from conftest import BACKENDS
+from conftest import DEFAULT_BACKENDS
 from factory import StudySpec, make_study
 from test_dicomweb_support import (
     STOW_TYPE,
@@ -34,7 +34,7 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=DEFAULT_BACKENDS)
 def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with running_server(request.param, tmp_path_factory) as server:
         yield server

@@ -11,7 +11,7 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from conftest import BACKENDS
+from conftest import DEFAULT_BACKENDS
 from factory import StudySpec, make_study
 from test_dicomweb_support import (
     STOW_TYPE,
@@ -43,7 +43,7 @@ REAL_FILES = [
 FAILURE_REASONS = {0xA700, 0xA900, 0xC000, 0x0110, 0x0122, 0xC122}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=DEFAULT_BACKENDS)
 def stow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with running_server(request.param, tmp_path_factory) as server:
         yield server
@@ -241,7 +241,7 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "HILUM_HTTP__MAX_UPLOAD_BYTES": str(LIMIT),
         "HILUM_HTTP__PUBLIC_URL": "http://127.0.0.1:{http_port}/",
     }
-    with running_server(BACKENDS[0], tmp_path_factory, env=env) as server:
+    with running_server(DEFAULT_BACKENDS[0], tmp_path_factory, env=env) as server:
         yield server
 
 

@@ -38,7 +38,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from conftest import BACKENDS, require_tool
+from conftest import DEFAULT_BACKENDS, require_tool
 from test_dicomweb_support import (
     STOW_TYPE,
     base_url,
@@ -81,7 +81,7 @@ SOURCES = {
 @pytest.fixture(scope="module")
 def tx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # Transcoding does not touch the index beyond finding the instance: one backend is enough.
-    with running_server(BACKENDS[0], tmp_path_factory) as server:
+    with running_server(DEFAULT_BACKENDS[0], tmp_path_factory) as server:
         yield server
 
 

@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
-from conftest import BACKENDS
+from conftest import DEFAULT_BACKENDS
 from factory import StudySpec, make_study
 from test_dicomweb_support import (
     base_url,
@@ -67,7 +67,7 @@ def uids(ds: Dataset) -> tuple[str, str, str]:
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=DEFAULT_BACKENDS)
 def wado(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with running_server(request.param, tmp_path_factory) as server:
         yield server

@@ -37,6 +37,8 @@ from dimse_util import (
 from factory import StudySpec, ct_slice, make_study, write_study
 from hilum.config import Settings
 
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
+
 
 def send(server: RunningServer, *datasets: Dataset, chunked_paths: list[Path] | None = None) -> list[int]:
     """C-STORE with pynetdicom (datasets encoded by pynetdicom, paths sent as raw bytes)."""

@@ -43,7 +43,7 @@ def _stow(base: str, token: str, spec: StudySpec, institution: str, modality: st
     return spec.study_uid
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.postgres
 def test_group_rules_open_sets_of_studies(tmp_path: Path, database_url: str) -> None:
     server, password = start_secure_server(
         tmp_path, database_url=database_url, env={"HILUM_AUTH__GROUP_RULES": json.dumps(RULES)}

@@ -40,6 +40,8 @@ from hilum.config import Settings, load_settings
 from hilum.jobs.repository import JobStore, utcnow
 from hilum.web.problems import PROBLEM
 
+pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
+
 JOBS = "/api/v1/jobs"
 AES = "/api/v1/remote-aes"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -11,6 +12,8 @@ from hilum.app import prepare
 from hilum.config import Settings
 from hilum.index.database import make_engine, upgrade
 from hilum.index.models import Base
+
+pytestmark = [pytest.mark.postgres, pytest.mark.unmigrated]  # from an empty index, on both back-ends
 
 
 def _for_this_database(dialect: str) -> Any:

@@ -28,7 +28,7 @@ import pytest
 from auth_util import AUTH_ON as ON
 from auth_util import PASSWORD, hilum_cli
 from auth_util import token as bearer
-from conftest import BACKENDS, RunningServer, backend_url, free_port, start_server, stop_server
+from conftest import DEFAULT_BACKENDS, RunningServer, backend_url, free_port, start_server, stop_server
 from factory import StudySpec, stow_study
 from hilum.config import load_settings
 
@@ -103,7 +103,7 @@ def _wait_for(process: subprocess.Popen[bytes], log: Path, marker: bytes, what: 
     raise AssertionError(f"{what} did not start:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=DEFAULT_BACKENDS)
 def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     _npm_install()
     node = shutil.which("node")
