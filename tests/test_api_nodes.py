@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import DEFAULT_BACKENDS, backend_url, free_port, seed_index
 from dimse_util import dcmtk_storescp
 from hilum.app import prepare
 from hilum.config import Settings, load_settings
@@ -27,6 +27,7 @@ API = "/api/v1/remote-aes"
 @contextmanager
 def http_client(settings: Settings) -> Iterator[httpx.Client]:
     """Hilum's HTTP server (as `hilum serve` runs it) and a client for it."""
+    seed_index(settings)
     prepare(settings)
     server = HttpServer(settings)
     server.start()
@@ -38,10 +39,27 @@ def http_client(settings: Settings) -> Iterator[httpx.Client]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """One HTTP server for the module's tests (each test leaves no remote AE behind)."""
+    with backend_url(DEFAULT_BACKENDS[0]) as url:
+        settings = load_settings(
+            None,
+            data_dir=tmp_path_factory.mktemp("nodes") / "data",
+            database_url=url,
+            http={"port": free_port()},
+            auth={"enabled": False},
+        )
+        with http_client(settings) as test_client:
+            yield test_client
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[httpx.Client]:
-    with http_client(settings) as test_client:
-        yield test_client
+def client(shared_client: httpx.Client) -> Iterator[httpx.Client]:
+    assert shared_client.get(API).json() == []
+    yield shared_client
+    for node in shared_client.get(API).json():
+        shared_client.delete(f"{API}/{node['name']}")
 
 
 def _node(name: str = "pacs", **values: object) -> dict[str, object]:
