@@ -6,6 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# Each set-up step says how long it took (the suite's time budget counts them too).
+step_started=$(date +%s)
+step() {
+  local now
+  now=$(date +%s)
+  echo "set-up: $1 ($(( now - step_started )) s)"
+  step_started=$now
+}
 
 need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
@@ -21,6 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+step "system packages${need_apt:+: ${need_apt[*]}}"
 
 # PostgreSQL: start the local cluster if it is installed but not running.
 if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
@@ -32,12 +41,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+step "Python packages (.venv, test extras)"
 # The OpenID Connect provider the single sign-on tests run (Node 20+: panva/oidc-provider).
 npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+step "OpenID provider for the SSO tests (npm ci)"
 # The web app the end-to-end tests drive in headless Chromium (tests/test_webapp*.py).
 scripts/build-web.sh --required
+step "web app (npm ci, Vite build)"
 .venv/bin/ruff check src tests bench
+step "ruff"
 .venv/bin/mypy
+step "mypy"
 # Three test files at a time: most of the suite's time is real servers starting and
 # waiting on the network, not CPU (one file's tests stay together: they share servers).
 exec .venv/bin/python -m pytest -n "${HILUM_TEST_JOBS:-3}" --dist loadfile "$@"

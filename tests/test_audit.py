@@ -47,8 +47,6 @@ from hilum.config import ConfigError, Settings, load_settings
 from hilum.domain.events import InstanceStored
 from hilum.index.database import make_engine
 
-pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
-
 # -- the PS3.15 A.5.1 schema, as checks --------------------------------------------------------
 _CODED_REQUIRED = {"csd-code", "codeSystemName", "originalText"}
 _CODED_ALLOWED = _CODED_REQUIRED | {"displayName"}
@@ -246,6 +244,7 @@ def _sql(settings: Settings, statement: str, **params: Any) -> list[Any]:
         engine.dispose()
 
 
+@pytest.mark.postgres  # the chain is verified in SQL: both back-ends
 def test_verify_names_the_edited_or_removed_record(services: Services, settings: Settings) -> None:
     audit = services.audit
     for n in range(6):
@@ -289,6 +288,7 @@ def test_verify_names_the_edited_or_removed_record(services: Services, settings:
     assert len(alerts) == 3 and all(a["outcome"] == 8 for a in alerts)
 
 
+@pytest.mark.postgres  # two writers on one chain: both back-ends
 def test_records_from_two_processes_form_one_chain(settings: Settings, services: Services) -> None:
     script = """
 import sys

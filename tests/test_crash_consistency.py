@@ -30,8 +30,6 @@ from hilum.index.models import Change, Instance, Patient, Series, Study
 from hilum.ingest.service import content_sha256
 from hilum.storage.filesystem import FilesystemStorage
 
-pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
-
 SLICES = 100
 SENDERS = 2
 DICOM_WORKERS = 2  # the senders' associations land in different receiving processes
@@ -105,6 +103,7 @@ def check_index_against_storage(settings: Settings) -> set[str]:
     return {uid for uid, *_ in rows}
 
 
+@pytest.mark.postgres  # what the database committed before the kill: both back-ends
 def test_sigkill_mid_transfer_then_restart(settings: Settings, tmp_path: Path) -> None:
     files = write_study(StudySpec(patient_id="CRASH", slices=SLICES, size=256), tmp_path / "in")
     server = start_server(settings, tmp_path)
@@ -180,6 +179,7 @@ def _boom(*_args: object, **_kwargs: object) -> None:
 
 
 @pytest.mark.parametrize("where", ["transaction", "inside-transaction"])
+@pytest.mark.postgres  # a failed transaction rolls back: both back-ends
 def test_failed_index_write_leaves_no_file_and_no_rows(
     services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:

@@ -37,8 +37,6 @@ from dimse_util import (
 from factory import StudySpec, ct_slice, make_study, write_study
 from hilum.config import Settings
 
-pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
-
 
 def send(server: RunningServer, *datasets: Dataset, chunked_paths: list[Path] | None = None) -> list[int]:
     """C-STORE with pynetdicom (datasets encoded by pynetdicom, paths sent as raw bytes)."""
@@ -61,6 +59,7 @@ def send(server: RunningServer, *datasets: Dataset, chunked_paths: list[Path] | 
     return statuses
 
 
+@pytest.mark.postgres  # the writer's counters and conflicts: both back-ends
 def test_storescu_series_counts_duplicates_and_patient_conflict(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -157,6 +156,7 @@ def policy_server(
         stop_server(running)
 
 
+@pytest.mark.postgres  # replacing recounts in SQL: both back-ends
 def test_duplicate_policies(policy_server: tuple[str, RunningServer]) -> None:
     """'ignore' (the default) is covered above; here 'replace' and 'reject'."""
     policy, server = policy_server

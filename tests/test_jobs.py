@@ -40,8 +40,6 @@ from hilum.config import Settings, load_settings
 from hilum.jobs.repository import JobStore, utcnow
 from hilum.web.problems import PROBLEM
 
-pytestmark = pytest.mark.postgres  # SQL matters here: both back-ends
-
 JOBS = "/api/v1/jobs"
 AES = "/api/v1/remote-aes"
 
@@ -324,6 +322,7 @@ def test_a_queued_job_survives_a_restart(settings: Settings, tmp_path: Path) -> 
         stop_server(server)
 
 
+@pytest.mark.postgres  # the job's progress is committed with each step: both back-ends
 def test_a_job_resumes_after_a_stop_and_a_crash_without_resending(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -464,6 +463,7 @@ def test_bad_job_requests_are_problems(server: RunningServer, tmp_path: Path) ->
 
 
 # -- claiming, on a shared index ------------------------------------------------------------
+@pytest.mark.postgres  # claims are one SQL statement: both back-ends
 def test_each_queued_job_is_claimed_by_exactly_one_node(services: Services) -> None:
     store = JobStore(services.engine)
     created = {
