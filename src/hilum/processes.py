@@ -130,6 +130,7 @@ class WorkerControl:
 
     def exit_if_failed(self) -> None:
         if self.failure is not None:
+            time.sleep(1.0)  # the answers to the writes that failed go out first
             logging.shutdown()
             os._exit(EXIT_WRITER_FAILED)
 
