@@ -6,6 +6,7 @@ import atexit
 import fcntl
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class DataDirLock:
     """Only one `hilum serve` may own a data directory (it sweeps staging at start)."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = data_dir / "hilum.lock"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -67,7 +68,7 @@ class DataDirLock:
 def prepare(settings: Settings, *, recover: bool = False) -> None:
     """One-time start-up work: directories and schema; with ``recover`` (only
     `hilum serve`, holding the DataDirLock), remove interrupted transfers."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    create_private(settings)
     # Unusable encryption settings (no key, wrong key) stop here, before anything runs.
     storage = open_storage(settings, startup=True)
     if recover:
@@ -85,6 +86,46 @@ def prepare(settings: Settings, *, recover: bool = False) -> None:
             atexit.register(_application_stopped, settings)
     finally:
         engine.dispose()
+
+
+def _sqlite_index(settings: Settings) -> Path | None:
+    return None if settings.database_url else settings.data_dir / "index.sqlite"
+
+
+def create_private(settings: Settings) -> None:
+    """The data directory (0700) and the SQLite index (0600; SQLite gives its -wal and
+    -shm files the index's mode), whatever the umask; 0750 / 0640 with
+    ``data_dir_group_access``. Existing ones keep their modes (see check_private)."""
+    group = settings.data_dir_group_access
+    settings.data_dir.mkdir(mode=0o750 if group else 0o700, parents=True, exist_ok=True)
+    index = _sqlite_index(settings)
+    if index is not None:
+        try:
+            os.close(os.open(index, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640 if group else 0o600))
+        except FileExistsError:
+            pass
+
+
+def check_private(settings: Settings) -> None:
+    """Warn (one line each) when the data directory or the SQLite index is open to more
+    users than the settings allow: it holds patient data and password hashes."""
+    group = settings.data_dir_group_access
+    allowed = 0o750 if group else 0o700
+    for what, path in (("data directory", settings.data_dir), ("index", _sqlite_index(settings))):
+        if path is None:
+            continue
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue
+        if mode & ~allowed & 0o077:
+            who = "other users" if mode & 0o007 else "the group"
+            fix = allowed if path.is_dir() else allowed & 0o666
+            LOG.warning(
+                "%s %s is mode %04o: %s can read or change patient data (chmod %o it%s)",
+                what, path.resolve(), mode, who, fix,
+                "" if group else ", or set data_dir_group_access for a group",
+            )
 
 
 def record_application_activity(settings: Settings, engine: Engine, *, started: bool) -> None:
@@ -129,4 +170,4 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-__all__ = ["RemoteAE", "Services", "build_services", "prepare"]
+__all__ = ["RemoteAE", "Services", "build_services", "check_private", "create_private", "prepare"]

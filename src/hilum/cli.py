@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -136,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     if getattr(args, "data_dir", None) is not None:
         overrides["data_dir"] = args.data_dir
-    return load_settings(args.config, **overrides)
+    settings = load_settings(args.config, **overrides)
+    # Everything Hilum writes holds patient data: private whatever the umask (0600 files,
+    # 0700 directories; 0640 / 0750 with data_dir_group_access).
+    os.umask(settings.private_mask)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,10 +191,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hilum.app import DataDirLock, prepare
+    # First of all: SIGTERM / SIGINT only ask to stop, and every step of the start-up
+    # checks; a signal never leaves a half-started worker behind.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    from hilum.app import DataDirLock, check_private, create_private, prepare
     from hilum.dimse import tls
     from hilum.dimse.server import DimseServer
     from hilum.logging import configure_logging
+    from hilum.processes import StopRequested
     from hilum.web.server import HttpServer
 
     settings = _settings(
@@ -200,32 +212,33 @@ def _serve(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.log_level)
     tls.check(settings)  # unreadable certificates or keys: stop before anything starts
+    create_private(settings)
     lock = DataDirLock(settings.data_dir)
-    prepare(settings, recover=True)
-    _initial_admin(settings)
     http = HttpServer(settings)
-    http.start(wait=False)  # both kinds of workers start at the same time
     dimse = DimseServer(settings)
     try:
-        dimse.start()
-        http.wait_ready()
-    except BaseException:
-        http.stop()
-        raise
-    dicom_tls = f", TLS on port {settings.dicom.tls_port}" if settings.dicom.tls_port else ""
-    scheme = "https" if settings.http.tls_certificate else "http"
-    console.print(
-        f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port}"
-        f"{dicom_tls} ({settings.dicom_workers()} receiving processes), HTTP on "
-        f"{scheme}://{settings.http.host}:{settings.http.port} ({settings.http_workers()} processes), "
-        f"data in {settings.data_dir.resolve()}"
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
+        prepare(settings, recover=True)
+        check_private(settings)
+        if stop.is_set():
+            raise StopRequested
+        _initial_admin(settings)
+        http.start(wait=False, stop=stop)  # both kinds of workers start at the same time
+        dimse.start(stop=stop)
+        http.wait_ready(stop=stop)
+        dicom_tls = f", TLS on port {settings.dicom.tls_port}" if settings.dicom.tls_port else ""
+        scheme = "https" if settings.http.tls_certificate else "http"
+        console.print(
+            f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port}"
+            f"{dicom_tls} ({settings.dicom_workers()} receiving processes), HTTP on "
+            f"{scheme}://{settings.http.host}:{settings.http.port} ({settings.http_workers()} "
+            f"processes), data in {settings.data_dir.resolve()}"
+        )
         dimse.supervise(stop, *([http.pool] if http.pool is not None else []))
+    except StopRequested:
+        err.print("stopped while starting")
     finally:
+        dimse.terminate()  # both kinds at once, then wait for each
+        http.terminate()
         dimse.stop()
         http.stop()
         lock.release()

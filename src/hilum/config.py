@@ -224,6 +224,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("hilum-data")
+    # Let the data directory's group read what Hilum writes (a backup user, say): directories
+    # 0750 and files 0640 instead of 0700 / 0600.
+    data_dir_group_access: bool = False
     # SQLAlchemy URL of the index; empty = SQLite file inside data_dir.
     database_url: str = ""
     dicom: DicomSettings = Field(default_factory=DicomSettings)
@@ -256,6 +259,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def private_mask(self) -> int:
+        """The umask Hilum creates its directories and files under (0o077, or 0o027 with
+        ``data_dir_group_access``)."""
+        return 0o027 if self.data_dir_group_access else 0o077
 
     @property
     def storage_dir(self) -> Path:

@@ -14,7 +14,7 @@ import ssl
 import tempfile
 import threading
 import time
-from multiprocessing.synchronize import Event as MpEvent
+from multiprocessing.connection import Connection
 from typing import Any
 
 from pydicom.uid import (
@@ -46,7 +46,7 @@ from hilum.dimse.access import AccessControl
 from hilum.dimse.fastpath import FastRequestHandler, set_staging_dir
 from hilum.dimse.handlers import DimseHandlers
 from hilum.dimse.tuning import apply_pynetdicom_tuning, set_nodelay
-from hilum.processes import WorkerPool, listen, stop_on_sigterm
+from hilum.processes import WorkerControl, WorkerPool, listen
 from hilum.storage.filesystem import FilesystemStorage
 
 LOG = logging.getLogger(__name__)
@@ -208,19 +208,22 @@ def configure_receiving(services: Services) -> None:
 
 
 def run_worker(
+    control: WorkerControl,
     settings_data: dict[str, Any],
     index: int,
-    ready: MpEvent | None,
+    ready: Connection | None,
     listening: socket.socket,
     tls_listening: socket.socket | None = None,
 ) -> None:
-    """Entry point of one receiving process (plain and, if configured, TLS listener)."""
+    """One receiving process (plain and, if configured, TLS listener), started by
+    hilum.processes.worker_entry."""
     settings = Settings(**settings_data)
     _inherited["socket"] = listening
     from hilum.logging import configure_logging
 
     configure_logging(settings.log_level, prefix=f"dimse-{index}")
     services = build_services(settings)
+    services.writer.on_failure = control.fail
     configure_receiving(services)
     ae = build_ae(services)
     handlers = DimseHandlers(services)
@@ -257,36 +260,12 @@ def run_worker(
         name = "dimse-tls-acceptor" if context else "dimse-acceptor"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         LOG.debug("worker %d listening on %s%s", index, address, " (TLS)" if context else "")
-    stop = stop_on_sigterm()
-    if ready is not None:
-        ready.set()
-    stop.wait()
+    control.serving(ready)
+    control.stop.wait()
+    control.exit_if_failed()  # the index writer stopped: associations cannot finish anyway
     for server in servers:
         server.shutdown()
     services.close()
-
-
-class _DimsePool(WorkerPool):
-    """Receiving processes get the TLS listening socket too, when there is one."""
-
-    def __init__(self, *args: Any, tls_socket: socket.socket | None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.tls_socket = tls_socket
-
-    def _spawn(self, index: int, ready: MpEvent | None) -> Any:
-        proc = self._ctx.Process(
-            target=self.target,
-            args=(self.settings_data, index, ready, self.socket, self.tls_socket),
-            name=f"hilum-{self.name}-{index}",
-        )
-        proc.start()
-        return proc
-
-    def stop(self, timeout: float = 15) -> None:
-        super().stop(timeout)
-        if self.tls_socket is not None:
-            self.tls_socket.close()
-            self.tls_socket = None
 
 
 class DimseServer:
@@ -296,7 +275,7 @@ class DimseServer:
         self.settings = settings
         self._pool: WorkerPool | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, stop: threading.Event | None = None) -> None:
         # glibc would otherwise mmap/munmap every >=128 KiB PDU buffer: constant
         # page faults (measured +20-40% throughput without). Read at process start.
         for name, value in _MALLOC_ENV.items():
@@ -312,11 +291,11 @@ class DimseServer:
             if tls_sock is not None:
                 tls_sock.close()
             raise
-        self._pool = _DimsePool(
-            "dimse", run_worker, self.settings.dicom_workers(), self.settings.model_dump(mode="json"),
-            sock, tls_socket=tls_sock,
+        self._pool = WorkerPool(
+            "dimse", "hilum.dimse.server:run_worker", self.settings.dicom_workers(),
+            self.settings.model_dump(mode="json"), sock, tls_sock,
         )
-        self._pool.start(timeout)
+        self._pool.start(timeout, stop=stop)
 
     def supervise(self, stop: threading.Event, *others: WorkerPool) -> None:
         """Until ``stop``: restart dead workers (of ``others`` too), sweep stale staging files."""
@@ -334,6 +313,11 @@ class DimseServer:
             for pool in (self._pool, *others):
                 if pool is not None:
                     pool.restart_dead()
+
+    def terminate(self) -> None:
+        """Tell the workers to stop, without waiting (then :meth:`stop`)."""
+        if self._pool is not None:
+            self._pool.terminate()
 
     def stop(self) -> None:
         if self._pool is not None:

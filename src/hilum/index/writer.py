@@ -98,53 +98,101 @@ class IndexWriter:
         self.storage = storage
         self._queue: queue.Queue[IndexWrite | None] = queue.Queue()
         self._on_committed = on_committed
-        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        # Called (from the writer thread) when that thread stops on an unexpected error:
+        # `hilum serve`'s workers exit then, and a new worker takes their place.
+        self.on_failure: Callable[[str], None] | None = None
+        self._thread: threading.Thread | None = None
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage-sync")
-        self._started = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # start / stop
+        self._state = threading.Lock()  # whether submit() may queue: held around each put
+        self._accepting = False
+        self._stopped = False
+        self._failure: str | None = None
         self.batches = 0
         self.writes = 0
         self._process_lock = _writer_lock_for(engine)
 
     def start(self) -> None:
-        with self._lock:
-            if not self._started:
+        """Start the writer thread (a new one each time: a Thread runs only once)."""
+        with self._lock, self._state:
+            if self._thread is None or not self._thread.is_alive():
+                self._failure = None
+                self._stopped = False
+                self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
                 self._thread.start()
-                self._started = True
+            self._accepting = True
 
     def stop(self) -> None:
+        """Write what is queued, then stop; later submissions fail (no restart)."""
         with self._lock:
-            if self._started:
+            with self._state:
+                self._accepting = False
+                self._stopped = True
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    return
                 self._queue.put(None)
-                self._thread.join(timeout=30)
-                self._started = False
+            thread.join(timeout=30)
 
     def submit(self, write: IndexWrite) -> Future[WriteOutcome]:
-        if not self._started:
-            self.start()
-        self._queue.put(write)
+        """Queue ``write``; an IngestFailure at once if the writer has stopped or failed."""
+        if not self._accepting and not self._stopped and self._failure is None:
+            self.start()  # first use
+        with self._state:
+            if not self._accepting:
+                reason = self._failure or "the index writer has stopped"
+                raise IngestFailure(IngestStatus.PROCESSING_FAILURE, reason)
+            self._queue.put(write)
         return write.future
+
+    @property
+    def failure(self) -> str | None:
+        """Why the writer thread stopped on its own, or None."""
+        return self._failure
 
     # -- the writer thread ---------------------------------------------------
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
+        batch: list[IndexWrite] = []
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._process(batch)
+                batch = []
+                if stop:
+                    return
+        except BaseException as exc:  # the thread must not end silently with writes waiting
+            LOG.exception("the index writer stopped")
+            self._failed(batch, f"the index writer stopped: {type(exc).__name__}: {exc}")
+
+    def _failed(self, batch: list[IndexWrite], reason: str) -> None:
+        with self._state:
+            self._accepting = False
+            self._failure = reason
+            while True:  # nothing more can be queued: fail what is
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._process(batch)
-            if stop:
-                return
+                if item is not None:
+                    batch.append(item)
+        for write in batch:
+            if not write.future.done():
+                write.future.set_exception(IngestFailure(IngestStatus.PROCESSING_FAILURE, reason))
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     def _process(self, batch: list[IndexWrite]) -> None:
         # Make the files durable first, outside the index write lock: that lock

@@ -114,7 +114,7 @@ def record_key_ids(root: Path, key_ids: Iterable[str]) -> None:
         body = json.dumps({"format": 1, "encrypted": True, "since": marker.since,
                            "key_ids": marker.key_ids}, indent=1) + "\n"
         tmp = root / f"{MARKER}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, body.encode())
             os.fsync(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from multiprocessing.synchronize import Event as MpEvent
+from multiprocessing.connection import Connection
 from typing import Any
 
 import uvicorn
@@ -19,21 +19,25 @@ from hilum.app import build_services
 from hilum.config import Settings
 from hilum.dimse.tls import uvicorn_ssl_options
 from hilum.domain.errors import HilumError
-from hilum.processes import WorkerPool, listen, stop_on_sigterm
+from hilum.processes import WorkerControl, WorkerPool, listen
 from hilum.web.app import create_app
 
 LOG = logging.getLogger(__name__)
 
 
-def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None, sock: socket.socket) -> None:
-    """Entry point of one HTTP worker process."""
+def run_worker(
+    control: WorkerControl, settings_data: dict[str, Any], index: int, ready: Connection | None,
+    sock: socket.socket,
+) -> None:
+    """One HTTP worker process (started by hilum.processes.worker_entry)."""
     from hilum.jobs.runner import JobRunner
     from hilum.logging import configure_logging
 
     settings = Settings(**settings_data)
     configure_logging(settings.log_level, prefix=f"http-{index}")
-    stop = stop_on_sigterm()
+    stop = control.stop
     services = build_services(settings)
+    services.writer.on_failure = control.fail
     services.writer.start()
     app = create_app(services)
     jobs = None
@@ -58,9 +62,9 @@ def run_worker(settings_data: dict[str, Any], index: int, ready: MpEvent | None,
             break
     if jobs is not None:
         jobs.start()
-    if ready is not None:
-        ready.set()
+    control.serving(ready)
     stop.wait()
+    control.exit_if_failed()  # the index writer stopped: no graceful finish without it
     server.should_exit = True
     thread.join(timeout=15)
     if jobs is not None:
@@ -73,7 +77,9 @@ class HttpServer:
         self.settings = settings
         self.pool: WorkerPool | None = None
 
-    def start(self, timeout: float = 60, *, wait: bool = True) -> None:
+    def start(
+        self, timeout: float = 60, *, wait: bool = True, stop: threading.Event | None = None
+    ) -> None:
         http = self.settings.http
         try:
             sock = listen(http.host, http.port, "HTTP")
@@ -81,13 +87,19 @@ class HttpServer:
             where = f"{http.host}:{http.port}"
             raise HilumError(f"HTTP server could not listen on {where} (port in use?)") from None
         self.pool = WorkerPool(
-            "http", run_worker, self.settings.http_workers(), self.settings.model_dump(mode="json"), sock
+            "http", "hilum.web.server:run_worker", self.settings.http_workers(),
+            self.settings.model_dump(mode="json"), sock,
         )
-        self.pool.start(timeout, wait=wait)
+        self.pool.start(timeout, wait=wait, stop=stop)
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, *, stop: threading.Event | None = None) -> None:
         if self.pool is not None:
-            self.pool.wait_ready(timeout)
+            self.pool.wait_ready(timeout, stop=stop)
+
+    def terminate(self) -> None:
+        """Tell the workers to stop, without waiting (then :meth:`stop`)."""
+        if self.pool is not None:
+            self.pool.terminate()
 
     def stop(self) -> None:
         if self.pool is not None:
