@@ -9,7 +9,6 @@ waiting.
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -176,9 +175,10 @@ def test_unknown_wrong_and_locked_answer_the_same(site: Site) -> None:
                 headers[name] = {k: v for k, v in reply.headers.items() if k != "date"}
     assert all(found == headers["unknown user"] for found in headers.values()), headers
     # Roughly the same time: every case checks a password hash (argon2) and writes its counter.
-    medians = {name: statistics.median(values) for name, values in timings.items()}
-    slowest = max(medians.values())
-    assert all(value > 0.25 * slowest for value in medians.values()), medians
+    # The fastest of each (a busy machine only adds time) is compared: a case that skipped
+    # the hash would take a few milliseconds against a tenth of a second or more.
+    fastest = {name: min(values) for name, values in timings.items()}
+    assert all(value > 0.25 * max(fastest.values()) for value in fastest.values()), fastest
 
 
 def test_account_backoff_slows_guessers_spread_over_addresses(site: Site) -> None:
