@@ -286,6 +286,12 @@ def test_code_flow_opens_a_session_with_the_mapped_role_and_groups(site: Site) -
             f"{site.base}/api/v1/auth/api-keys", json={"name": "x"}, headers={"X-CSRF-Token": _csrf(client)}
         )
         assert key.status_code == 201, key.text
+        # No password to check: a key needs a fresh sign-on (auth.reauth_minutes, 5).
+        _age_sessions(site, "alice", minutes=6)
+        stale = client.post(
+            f"{site.base}/api/v1/auth/api-keys", json={"name": "y"}, headers={"X-CSRF-Token": _csrf(client)}
+        )
+        assert stale.status_code == 403 and "sign on again" in stale.json()["detail"], stale.text
         # SSO users have no password: the password login stays closed to them.
         assert httpx.post(
             f"{site.base}/api/v1/auth/token", json={"username": "alice", "password": "any password"}
@@ -355,6 +361,25 @@ def test_a_local_account_of_the_same_name_is_not_taken_over(site: Site) -> None:
     token = bearer(site.base, "localdoc", PASSWORD)
     me = httpx.get(f"{site.base}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
     assert me["role"] == "technologist"
+
+
+def _age_sessions(site: Site, username: str, *, minutes: float) -> None:
+    """Make ``username``'s sessions look opened ``minutes`` ago."""
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine, select, update
+
+    from hilum.auth.models import credentials_t, users_t
+    from hilum.domain.clock import utcnow
+
+    engine = create_engine(site.server.settings.index_url)
+    try:
+        with engine.begin() as conn:
+            user_id = conn.execute(select(users_t.c.id).where(users_t.c.username == username)).scalar_one()
+            conn.execute(update(credentials_t).where(credentials_t.c.user_id == user_id)
+                         .values(created_at=utcnow() - timedelta(minutes=minutes)))
+    finally:
+        engine.dispose()
 
 
 def test_a_disabled_user_stays_refused_through_sso(site: Site) -> None:

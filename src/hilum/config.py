@@ -199,9 +199,18 @@ class AuthSettings(BaseModel):
     enabled: bool = True
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     token_hours: float = Field(default=12.0, gt=0, le=24 * 365)
-    # Failed logins in a row before an account is locked, and for how long.
+    # Wrong passwords in a row for one user from one client address before that address
+    # is locked out of that user (not others), and for how long (hilum.auth.lockout).
     lockout_attempts: int = Field(default=5, ge=1, le=100)
     lockout_minutes: float = Field(default=15.0, gt=0)
+    # Account-wide back-off against guessing from many addresses: from this many wrong
+    # passwords (since the user's last sign-in), addresses the user never signed in from
+    # get one password check per account_backoff_seconds for that user.
+    account_backoff_failures: int = Field(default=20, ge=1)
+    account_backoff_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Minting an API key needs the current password; users without one (single sign-on)
+    # need a session opened within this many minutes.
+    reauth_minutes: float = Field(default=5.0, gt=0, le=24 * 60)
     # Failed logins from one address (any accounts) within 10 minutes before it gets 429.
     max_failures_per_address: int = Field(default=30, ge=1)
     # HTTP Basic authentication (user + password on every request) for legacy DICOMweb clients.

@@ -22,14 +22,21 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     add.add_argument("--display-name", default="")
     add.add_argument("--person-name", default="", help="DICOM name, e.g. HOUSE^GREGORY")
     add.add_argument("--groups", default="", help="comma-separated groups (open studies labelled so)")
-    passwd = user_sub.add_parser("passwd", help="set a user's password (ends their sessions)")
+    keep_help = "keep the user's API keys (revoked by default with the sessions and tokens)"
+    passwd = user_sub.add_parser(
+        "passwd", help="set a user's password (revokes their sessions, tokens and API keys)"
+    )
     common(passwd)
     passwd.add_argument("username")
     passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument("--keep-api-keys", action="store_true", help=keep_help)
     for name in ("disable", "enable"):
-        p = user_sub.add_parser(name, help=f"{name} a user account")
+        p = user_sub.add_parser(name, help=f"{name} a user account" + (
+            " (revokes their sessions, tokens and API keys)" if name == "disable" else ""))
         common(p)
         p.add_argument("username")
+        if name == "disable":
+            p.add_argument("--keep-api-keys", action="store_true", help=keep_help)
     listing = user_sub.add_parser("list", help="list users")
     common(listing)
     key = user_sub.add_parser("api-key", help="create an API key for a user (printed once)")
@@ -79,13 +86,17 @@ def run(args: argparse.Namespace, settings: Any, out: Any) -> int:
                 out.print(f"password: {password}  (shown once)")
         elif command == "passwd":
             password, _ = _password(args.password_stdin, generate=False)
-            service.set_password(args.username, password)
-            changed("password changed; sessions and tokens revoked (hilum user passwd)")
-            out.print(f"password of {args.username} changed; their sessions and tokens are revoked")
+            keep = args.keep_api_keys
+            revoked = service.set_password(args.username, password, keep_api_keys=keep)
+            what = "sessions and tokens" if keep else "sessions, tokens and API keys"
+            changed(f"password changed; {revoked} of its {what} revoked (hilum user passwd)")
+            out.print(f"password of {args.username} changed; {revoked} of their {what} revoked")
         elif command in ("disable", "enable"):
-            service.set_disabled(args.username, command == "disable")
-            changed(f"user {command}d (hilum user {command})")
-            out.print(f"user {args.username} {command}d")
+            keep = command == "disable" and args.keep_api_keys
+            revoked = service.set_disabled(args.username, command == "disable", keep_api_keys=keep)
+            changed(f"user {command}d; {revoked} credential(s) revoked (hilum user {command})")
+            out.print(f"user {args.username} {command}d"
+                      + (f"; {revoked} of their credentials revoked" if command == "disable" else ""))
         elif command == "list":
             for user in service.list_users():
                 state = "disabled" if user["disabled"] else "active"

@@ -28,6 +28,8 @@ class User(Base):
     groups: Mapped[str] = mapped_column(Text, default="")
     password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Wrong passwords since the last successful sign-in, from addresses not locked out, and
+    # (from auth.account_backoff_failures on) the next moment a new address may try.
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -52,6 +54,29 @@ class Credential(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LoginAttempts(Base):
+    """Password checks for one account name from one client address (hilum.auth.lockout).
+
+    Names that are no account are counted too (answers must not tell them apart);
+    rows of addresses that only failed are deleted once forgotten."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (UniqueConstraint("username", "client_address"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The name as typed (or "#" + its SHA-256 when no account could have it).
+    username: Mapped[str] = mapped_column(String(65))
+    client_address: Mapped[str] = mapped_column(String(64))
+    # Wrong passwords in a row (still counted while locked).
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_failure_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    # The account's last successful sign-in from this address: it is not slowed by the back-off.
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class StudyGrant(Base):
@@ -112,3 +137,4 @@ credentials_t = table_of(Credential)
 study_grants_t = table_of(StudyGrant)
 oidc_identities_t = table_of(OidcIdentity)
 oidc_logins_t = table_of(OidcLogin)
+login_attempts_t = table_of(LoginAttempts)

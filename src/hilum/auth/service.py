@@ -1,8 +1,8 @@
 """Users, passwords, sessions, tokens and API keys.
 
-Passwords are hashed with argon2id (argon2-cffi). A login that fails
-``lockout_attempts`` times in a row locks the account for ``lockout_minutes``;
-failures are counted in the index, so every HTTP process sees them. Tokens are
+Passwords are hashed with argon2id (argon2-cffi). Wrong passwords are counted
+in the index per (account, client address), with an account-wide back-off
+(:mod:`hilum.auth.lockout`), so every HTTP process sees them. Tokens are
 random (256 bits) and stored as SHA-256 digests: a stolen database yields no
 usable credential.
 """
@@ -22,6 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, func, insert, select, update
 
+from hilum.auth import lockout
 from hilum.auth.models import credentials_t, users_t
 from hilum.auth.policy import ALL_STUDIES, Perm, Role, permissions_of
 from hilum.domain.attributes import person_name_key
@@ -39,7 +40,15 @@ _USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 
 class AuthError(HilumError):
-    """Authentication failed (HTTP 401); the message is safe to show."""
+    """Authentication failed (HTTP 401); the message is safe to show, ``reason`` is for the audit trail."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+# The one answer to an unknown name, a wrong password and a locked-out attempt.
+GENERIC_REFUSAL = "wrong user name or password"
 
 
 class AccountError(HilumError):
@@ -104,6 +113,7 @@ class AuthService:
     def __init__(self, engine: Engine, config: Any) -> None:
         self.engine = engine
         self.config = config
+        self.lockout = lockout.LockoutPolicy.of(config)
 
     # -- users ---------------------------------------------------------------------------
     def add_user(
@@ -137,37 +147,48 @@ class AuthService:
             )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    def set_password(self, username: str, password: str) -> None:
+    def set_password(self, username: str, password: str, *, keep_api_keys: bool = False) -> int:
+        """Set a user's password (an administrator's act) and revoke their sessions, tokens
+        and (unless ``keep_api_keys``) API keys: credentials minted with the old password,
+        perhaps stolen, end with it. The number of credentials revoked."""
         hashed = _HASHER.hash(validate_password(password))
-        with self.engine.begin() as conn:
-            done = conn.execute(
+        with write_transaction(self.engine) as conn:
+            user_id = self._user_id(conn, username)
+            conn.execute(
                 update(users_t)
-                .where(users_t.c.username == username)
+                .where(users_t.c.id == user_id)
                 .values(password_hash=hashed, failed_logins=0, locked_until=None, updated_at=func.now())
             )
-            if done.rowcount == 0:
-                raise AccountError(f"no user {username!r}")
-            # A new password ends every session and token of the user (API keys stay).
-            user_id = conn.execute(select(users_t.c.id).where(users_t.c.username == username)).scalar_one()
-            conn.execute(
-                update(credentials_t)
-                .where(
-                    credentials_t.c.user_id == user_id,
-                    credentials_t.c.kind != "apikey",
-                    credentials_t.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=func.now())
-            )
+            return self._revoke_all(conn, user_id, keep_api_keys)
 
-    def set_disabled(self, username: str, disabled: bool) -> None:
-        with self.engine.begin() as conn:
-            done = conn.execute(
+    def set_disabled(self, username: str, disabled: bool, *, keep_api_keys: bool = False) -> int:
+        """Disable (or enable) a user. Disabling revokes their sessions, tokens and (unless
+        ``keep_api_keys``) API keys, so enabling the account again brings none of them back.
+        The number of credentials revoked."""
+        with write_transaction(self.engine) as conn:
+            user_id = self._user_id(conn, username)
+            conn.execute(
                 update(users_t)
-                .where(users_t.c.username == username)
+                .where(users_t.c.id == user_id)
                 .values(disabled=disabled, updated_at=func.now())
             )
-            if done.rowcount == 0:
-                raise AccountError(f"no user {username!r}")
+            return self._revoke_all(conn, user_id, keep_api_keys) if disabled else 0
+
+    @staticmethod
+    def _user_id(conn: Any, username: str) -> int:
+        found = conn.execute(select(users_t.c.id).where(users_t.c.username == username)).scalar()
+        if found is None:
+            raise AccountError(f"no user {username!r}")
+        return int(found)
+
+    @staticmethod
+    def _revoke_all(conn: Any, user_id: int, keep_api_keys: bool) -> int:
+        stmt = update(credentials_t).where(
+            credentials_t.c.user_id == user_id, credentials_t.c.revoked_at.is_(None)
+        )
+        if keep_api_keys:
+            stmt = stmt.where(credentials_t.c.kind != "apikey")
+        return int(conn.execute(stmt.values(revoked_at=func.now())).rowcount)
 
     def list_users(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -208,26 +229,41 @@ class AuthService:
         return password
 
     # -- authentication ------------------------------------------------------------------
-    def check_password(self, username: str, password: str) -> Principal:
-        """The user, if the password is right and the account usable; AuthError otherwise."""
+    def check_password(self, username: str, password: str, client_address: str) -> Principal:
+        """The user, if the password is right and the account usable; AuthError otherwise.
+
+        Unknown names, wrong passwords and locked-out attempts answer the same message,
+        after the same argon2 check (a dummy hash for unknown names); the counting and
+        the lockout decision (:mod:`hilum.auth.lockout`) come after the check, in SQL
+        statements that are atomic under parallel guesses."""
         with self.engine.connect() as conn:
             row = conn.execute(select(users_t).where(users_t.c.username == username)).mappings().first()
-        if row is None or row["password_hash"] is None:
-            _verify(_DUMMY_HASH, password)
-            raise AuthError("wrong user name or password")
-        locked_until = _aware(row["locked_until"])
-        if locked_until is not None and locked_until > _now():
-            raise AuthError("too many failed logins: the account is locked for a while")
-        if not _verify(row["password_hash"], password):
-            self._failed(row["id"], row["failed_logins"] + 1)
-            raise AuthError("wrong user name or password")
+        stored = row["password_hash"] if row is not None else None
+        right = _verify(stored or _DUMMY_HASH, password) and stored is not None
+        key, address, now = lockout.account_key(username), (client_address or "unknown")[:64], _now()
+        first_failure = False
+        with write_transaction(self.engine) as conn:
+            if right and row is not None:
+                refused = lockout.right_password(conn, self.lockout, key, address, row["id"], now)
+            else:
+                user_id = row["id"] if row is not None else None
+                refused, first_failure = lockout.wrong_password(
+                    conn, self.lockout, key, address, user_id, now
+                )
+        if first_failure:
+            lockout.forget_stale(self.engine, self.lockout, now)
+        if refused is not None:
+            raise AuthError(GENERIC_REFUSAL, reason=refused)
+        assert row is not None and stored is not None
         if row["disabled"]:
             raise AuthError("this account is disabled")
-        with self.engine.begin() as conn:
-            values: dict[str, Any] = {"failed_logins": 0, "locked_until": None, "last_login_at": func.now()}
-            if _HASHER.check_needs_rehash(row["password_hash"]):
-                values["password_hash"] = _HASHER.hash(password)
-            conn.execute(update(users_t).where(users_t.c.id == row["id"]).values(**values))
+        if _HASHER.check_needs_rehash(stored):
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == row["id"])
+                    .values(password_hash=_HASHER.hash(password))
+                )
         return self.with_group_rules(_principal(row, via="password"))
 
     def with_group_rules(self, principal: Principal) -> Principal:
@@ -238,15 +274,6 @@ class AuthService:
         from hilum.index.search import study_rule_condition
 
         return replace(principal, study_rules=tuple(study_rule_condition(r.match) for r in rules))
-
-    def _failed(self, user_id: int, failures: int) -> None:
-        values: dict[str, Any] = {"failed_logins": failures}
-        if failures >= self.config.lockout_attempts:
-            values["locked_until"] = _now() + timedelta(minutes=self.config.lockout_minutes)
-            values["failed_logins"] = 0
-            LOG.warning("user %d locked after %d failed logins", user_id, failures)
-        with self.engine.begin() as conn:
-            conn.execute(update(users_t).where(users_t.c.id == user_id).values(**values))
 
     def issue(
         self, principal: Principal, kind: str, *, ip: str = "", name: str = "", hours: float | None = None
@@ -337,10 +364,31 @@ class AuthService:
 
     def user_id(self, username: str) -> int:
         with self.engine.connect() as conn:
-            found = conn.execute(select(users_t.c.id).where(users_t.c.username == username)).scalar()
-        if found is None:
-            raise AccountError(f"no user {username!r}")
-        return int(found)
+            return self._user_id(conn, username)
+
+    def reauthenticate(self, principal: Principal, password: str | None, client_address: str) -> None:
+        """Check that the caller is there now, before minting a long-lived credential: the
+        current password (counted like a sign-in), or for accounts without one (single
+        sign-on) a session opened within ``auth.reauth_minutes``. AuthError otherwise."""
+        with self.engine.connect() as conn:
+            user = conn.execute(
+                select(users_t.c.username, users_t.c.password_hash).where(users_t.c.id == principal.user_id)
+            ).first()
+            opened = conn.execute(
+                select(credentials_t.c.created_at, credentials_t.c.kind)
+                .where(credentials_t.c.id == principal.credential_id)
+            ).first()
+        if user is None:
+            raise AuthError("invalid or revoked credentials")
+        if user.password_hash is not None:
+            if not password:
+                raise AuthError("give your current password (field 'password') to create an API key")
+            self.check_password(user.username, password, client_address)
+            return
+        fresh = timedelta(minutes=getattr(self.config, "reauth_minutes", 5.0))
+        created = _aware(opened.created_at) if opened is not None else None
+        if opened is None or opened.kind != "session" or created is None or created < _now() - fresh:
+            raise AuthError("sign on again (single sign-on) and create the API key within a few minutes")
 
 
 def _verify(hashed: str, password: str) -> bool:

@@ -2,7 +2,8 @@
 
 A link is a 256-bit random token (shown once, stored as its SHA-256 digest)
 naming one or more studies, with an expiry, an optional PIN (argon2id hash;
-``shares.pin_attempts`` wrong PINs in a row lock the link for good) and two
+``shares.pin_attempts`` wrong PINs in a row lock the link for good, and end the
+sessions opened from it) and two
 switches: de-identified, and whether the zip download is allowed. Opening it
 (:meth:`ShareService.open`) creates a share session (a cookie plus CSRF
 token, or a bearer token) that expires with the link at the latest; every
@@ -28,7 +29,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, case, delete, func, insert, select, update
 
 from hilum.auth.policy import SHARE_PERMISSIONS, Perm
 from hilum.auth.service import AuthError, Principal, token_digest
@@ -290,29 +291,44 @@ class ShareService:
         share = dict(row)
         try:
             self._check_open(share, pin)
+            return self._open_session(share, kind, client_ip)
         except ShareError as exc:
             exc.actor = actor(share["id"], share["created_by"])
             raise
+
+    def _open_session(self, share: dict[str, Any], kind: str, client_ip: str) -> Opened:
+        """A session on a link whose PIN (if any) was right: only if the link is still open.
+
+        The PIN check is slow (argon2) and other requests may lock or revoke the link
+        meanwhile, so its state is checked again in the statement that counts the opening."""
         hours = self.session_hours if kind == "session" else self.token_hours
-        expires = min(_aware(share["expires_at"]) or _now(), _now() + timedelta(hours=hours))
+        now = _now()
+        expires = min(_aware(share["expires_at"]) or now, now + timedelta(hours=hours))
         secret = (SESSION_PREFIX if kind == "session" else TOKEN_PREFIX) + secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(24) if kind == "session" else None
         with self.engine.begin() as conn:
+            opened = conn.execute(
+                update(L)
+                .where(L.c.id == share["id"], L.c.locked_at.is_(None), L.c.revoked_at.is_(None),
+                       L.c.expires_at > now)
+                .values(open_count=L.c.open_count + 1, last_opened_at=func.now(), failed_pins=0)
+                .returning(L.c.id)
+            ).first()
+            if opened is None:
+                current = conn.execute(select(L).where(L.c.id == share["id"])).mappings().one()
+                self._check_state(dict(current))
+                raise ShareError(410, "this share link has expired", "expired")
             conn.execute(
                 insert(SS).values(
                     share_id=share["id"], kind=kind, token_hash=token_digest(secret),
                     csrf_hash=token_digest(csrf) if csrf else None, client_ip=client_ip, expires_at=expires,
                 )
             )
-            conn.execute(
-                update(L).where(L.c.id == share["id"])
-                .values(open_count=L.c.open_count + 1, last_opened_at=func.now())
-            )
             described = self._describe(conn, dict(conn.execute(select(L).where(L.c.id == share["id"]))
                                                   .mappings().one()))
         return Opened(described, secret, csrf, expires)
 
-    def _check_open(self, share: dict[str, Any], pin: str | None) -> None:
+    def _check_state(self, share: dict[str, Any]) -> None:
         if share["revoked_at"] is not None:
             raise ShareError(410, "this share link was revoked", "revoked")
         expires = _aware(share["expires_at"])
@@ -322,28 +338,33 @@ class ShareService:
             raise ShareError(
                 403, "this link is locked after too many wrong PINs; ask its sender for a new one", "locked"
             )
+
+    def _check_open(self, share: dict[str, Any], pin: str | None) -> None:
+        self._check_state(share)  # refused at once: no PIN is checked on a locked link
         if share["pin_hash"] is not None:
             if not pin:
                 raise ShareError(403, "this link needs its PIN", "pin_required")
             if not _verify(share["pin_hash"], pin):
                 self._wrong_pin(share)
-            elif share["failed_pins"]:
-                with self.engine.begin() as conn:
-                    conn.execute(update(L).where(L.c.id == share["id"]).values(failed_pins=0))
 
     def _wrong_pin(self, share: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:  # counted in the index: every HTTP process sees it
-            conn.execute(update(L).where(L.c.id == share["id"]).values(failed_pins=L.c.failed_pins + 1))
-            failures = int(conn.execute(select(L.c.failed_pins).where(L.c.id == share["id"])).scalar_one())
-            locked = failures >= self.settings.pin_attempts
-            if locked:
-                conn.execute(update(L).where(L.c.id == share["id"], L.c.locked_at.is_(None))
-                             .values(locked_at=func.now()))
-        if locked:
-            LOG.warning("share link %d locked after %d wrong PINs", share["id"], failures)
+        """Count a wrong PIN in one statement (atomic under parallel guesses, on every process)
+        and lock the link when it reaches ``pin_attempts``; always raises."""
+        failures = L.c.failed_pins + 1
+        with self.engine.begin() as conn:
+            failed, locked_at = conn.execute(
+                update(L).where(L.c.id == share["id"])
+                .values(failed_pins=failures,
+                        locked_at=case((failures >= self.settings.pin_attempts,
+                                        func.coalesce(L.c.locked_at, _now())), else_=L.c.locked_at))
+                .returning(L.c.failed_pins, L.c.locked_at)
+            ).one()
+        if locked_at is not None:
+            if failed == self.settings.pin_attempts:
+                LOG.warning("share link %d locked after %d wrong PINs", share["id"], failed)
             raise ShareError(403, "wrong PIN; the link is now locked (too many wrong PINs): ask its sender "
                              "for a new one", "locked")
-        left = self.settings.pin_attempts - failures
+        left = self.settings.pin_attempts - failed
         raise ShareError(403, f"wrong PIN ({left} attempt(s) left)", "wrong_pin")
 
     # -- sessions ------------------------------------------------------------------------
@@ -357,6 +378,7 @@ class ShareService:
                     SS.c.id, SS.c.kind, SS.c.csrf_hash, SS.c.expires_at, SS.c.revoked_at,
                     L.c.id.label("share_id"), L.c.created_by, L.c.allow_download,
                     L.c.revoked_at.label("share_revoked_at"), L.c.expires_at.label("share_expires_at"),
+                    L.c.locked_at.label("share_locked_at"),
                 )
                 .join(L, L.c.id == SS.c.share_id)
                 .where(SS.c.token_hash == token_digest(token))
@@ -365,6 +387,8 @@ class ShareService:
             raise AuthError("invalid or ended share session")
         if row["share_revoked_at"] is not None:
             raise AuthError("the share link of this session was revoked")
+        if row["share_locked_at"] is not None:  # wrong PINs locked it after this session opened
+            raise AuthError("the share link of this session is locked")
         now = _now()
         if min(_aware(row["expires_at"]) or now, _aware(row["share_expires_at"]) or now) <= now:
             raise AuthError("the share link of this session has expired")

@@ -146,7 +146,7 @@ def _basic(request: Request, service: AuthService, value: str) -> Principal:
     except (binascii.Error, UnicodeDecodeError):
         raise _unauthorized("malformed Basic credentials", request) from None
     try:
-        return service.check_password(username, password)
+        return service.check_password(username, password, address)
     except AuthError:
         throttle(request).failed(address)
         raise

@@ -55,6 +55,11 @@ class TokenAnswer(BaseModel):
 class NewApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
+    password: str | None = Field(
+        None, max_length=1024,
+        description="Your current password (required: a key outlives sessions and tokens). Users "
+        "without a password (single sign-on) create keys within auth.reauth_minutes of signing on.",
+    )
 
 
 class ApiKey(BaseModel):
@@ -83,10 +88,10 @@ def _login(request: Request, body: Credentials) -> Principal:
         raise Problem(429, "too many failed logins from this address; try again later")
     services: Services = request.app.state.services
     try:
-        principal = auth_service(request).check_password(body.username, body.password)
+        principal = auth_service(request).check_password(body.username, body.password, address)
     except AuthError as exc:
         limiter.failed(address)
-        services.audit.user_authentication(body.username, address, False, str(exc))
+        services.audit.user_authentication(body.username, address, False, exc.reason)
         raise Problem(401, str(exc)) from None
     services.audit.user_authentication(principal.username, address, True)
     return principal
@@ -178,8 +183,21 @@ def list_api_keys(request: Request) -> list[ApiKey]:
 @router.post("/auth/api-keys", status_code=201, summary="Create an API key (shown once)")
 def create_api_key(request: Request, body: NewApiKey) -> ApiKey:
     principal = _caller(request)
-    key, _, key_id = auth_service(request).issue(
-        principal, "apikey", ip=client_address(request), name=body.name
+    address = client_address(request)
+    limiter = throttle(request)
+    if limiter.blocked(address):
+        raise Problem(429, "too many failed logins from this address; try again later")
+    services: Services = request.app.state.services
+    try:
+        auth_service(request).reauthenticate(principal, body.password, address)
+    except AuthError as exc:
+        if body.password:
+            limiter.failed(address)
+            services.audit.user_authentication(principal.username, address, False, exc.reason)
+        raise Problem(403, f"{exc}: an API key needs you to sign in again") from None
+    key, _, key_id = auth_service(request).issue(principal, "apikey", ip=address, name=body.name)
+    services.audit.user_changed(
+        by=principal.username, ip=address, user=principal.username, detail=f"API key {key_id} created"
     )
     return ApiKey(id=key_id, name=body.name, created_at=None, key=key)
 

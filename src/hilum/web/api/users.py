@@ -35,6 +35,10 @@ class UserChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     password: str | None = Field(None, min_length=10, max_length=1024)
     disabled: bool | None = None
+    keep_api_keys: bool = Field(
+        False, description="A new password or disabling revokes the user's sessions, tokens and API "
+        "keys; true keeps the API keys (e.g. a service's key while its owner's password is reset)",
+    )
 
 
 class Grant(BaseModel):
@@ -76,14 +80,19 @@ def change_user(request: Request, username: str, body: UserChange) -> dict[str, 
     service = auth_service(request)
     if body.password is None and body.disabled is None:
         raise Problem(400, "nothing to change: give password and/or disabled")
+    keep = body.keep_api_keys
+    revoked = 0
     if body.password is not None:
-        _account(lambda: service.set_password(username, body.password or ""))
+        revoked += _account(lambda: service.set_password(username, body.password or "", keep_api_keys=keep))
     if body.disabled is not None:
-        _account(lambda: service.set_disabled(username, bool(body.disabled)))
-    _audit_user(request, username, "password changed" if body.password else f"disabled={body.disabled}")
+        revoked += _account(lambda: service.set_disabled(username, bool(body.disabled), keep_api_keys=keep))
+    detail = "password changed" if body.password else f"disabled={body.disabled}"
+    _audit_user(request, username, f"{detail}; {revoked} credential(s) revoked"
+                + (" (API keys kept)" if keep else ""))
     return {
         "username": username,
         "changed": [k for k in ("password", "disabled") if getattr(body, k) is not None],
+        "credentials_revoked": revoked,
     }
 
 
