@@ -9,6 +9,7 @@ usable credential.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -34,7 +35,14 @@ from hilum.index.database import write_transaction
 LOG = logging.getLogger(__name__)
 _HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory defaults
 # Verified against when the user does not exist, so timing does not reveal names.
-_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown users' passwords against (same cost as a real check);
+    made on first use, not at import (an argon2 hash costs ~0.1 s of CPU)."""
+    return _HASHER.hash("not a password of anyone")
+
 INITIAL_PASSWORD_FILE = "initial-admin-password.txt"
 _USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
@@ -239,7 +247,7 @@ class AuthService:
         with self.engine.connect() as conn:
             row = conn.execute(select(users_t).where(users_t.c.username == username)).mappings().first()
         stored = row["password_hash"] if row is not None else None
-        right = _verify(stored or _DUMMY_HASH, password) and stored is not None
+        right = _verify(stored or _dummy_hash(), password) and stored is not None
         key, address, now = lockout.account_key(username), (client_address or "unknown")[:64], _now()
         first_failure = False
         with write_transaction(self.engine) as conn:
