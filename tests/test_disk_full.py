@@ -24,9 +24,11 @@ from pydicom.uid import generate_uid
 
 from conftest import RunningServer, free_port, start_server, stop_server
 from dimse_util import dcmtk, instance_row, scp_args, snapshot
-from factory import StudySpec, ct_slice
+from factory import StudySpec, ct_slice, make_study
+from hilum.app import build_services, prepare
 from hilum.config import load_settings
 from hilum.dimse.fastpath import SPILL_BYTES
+from hilum.domain.errors import IngestFailure, IngestStatus
 
 TMPFS_MB = 48
 LEFT_FREE = 3 * 1024 * 1024  # what the filler leaves: less than any instance sent below
@@ -58,12 +60,12 @@ def full_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runnin
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(mount: Path) -> Path:
-    """Leave LEFT_FREE bytes free on the tmpfs (a real file: the kernel answers ENOSPC)."""
+def _fill(mount: Path, left: int = LEFT_FREE) -> Path:
+    """Leave ``left`` bytes free on the tmpfs (a real file: the kernel answers ENOSPC)."""
     filler = mount / "filler"
     stat = os.statvfs(mount)
     with filler.open("ab") as out:
-        out.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - LEFT_FREE))
+        out.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - left))
     return filler
 
 
@@ -134,3 +136,32 @@ def test_full_disk_refuses_with_retry_statuses_and_recovers(
     assert not snapshot(server.settings).staging
     log = server.log.read_text()
     assert "Traceback" not in log, log[-4000:]
+
+
+
+def test_a_full_index_database_refuses_with_out_of_resources(full_disk: tuple[RunningServer, Path]) -> None:
+    """The instance's file fits but the index database cannot grow: 0xA700 / 507 (out of
+    resources), not a processing failure; the committed file is removed again."""
+    _, mount = full_disk
+    settings = load_settings(None, data_dir=mount / "in-process", auth={"enabled": False})
+    prepare(settings)
+    services = build_services(settings)
+    services.writer.start()
+    try:
+        (ds,) = make_study(StudySpec(patient_id="FULL-INDEX", slices=1))
+        staged = services.ingest.stage_bytes(_part10(ds))  # written while there is space
+        filler = _fill(mount, left=0)
+        try:
+            with pytest.raises(IngestFailure) as refused:
+                services.ingest.ingest_staged(staged, source="test")
+            assert refused.value.status is IngestStatus.OUT_OF_RESOURCES, refused.value
+            assert "index" in refused.value.message, refused.value.message  # the writer's refusal
+        finally:
+            filler.unlink()
+        assert not staged.exists()
+        left = snapshot(settings)
+        assert not left.files and not left.staging and left.rows["instances"] == 0, left
+        again = services.ingest.ingest_staged(services.ingest.stage_bytes(_part10(ds)), source="test")
+        assert again.sop_instance_uid == ds.SOPInstanceUID
+    finally:
+        services.close()

@@ -69,7 +69,9 @@ class InvalidQuery(HilumError):
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
+# SQLite result codes: SQLITE_FULL "database or disk is full", and SQLITE_IOERR_SHMSIZE, the
+# WAL index (-shm file) could not be enlarged, which SQLite documents as usually a full disk
+_SQLITE_FULL = frozenset({13, 4874})
 _PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
 
 
@@ -81,7 +83,7 @@ def out_of_space(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
             return True
-        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "database or disk is full" in str(exc):
+        if getattr(exc, "sqlite_errorcode", None) in _SQLITE_FULL or "database or disk is full" in str(exc):
             return True
         if getattr(exc, "sqlstate", None) == _PG_DISK_FULL:
             return True
