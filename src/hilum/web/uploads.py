@@ -97,7 +97,8 @@ class UploadGuard:
             if complete:  # after the body only http.disconnect comes: no deadline on it
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                async with asyncio.timeout(self.body_timeout):  # no task per chunk, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 LOG.warning("HTTP %s %s from %s: no body data for %g s after %d bytes (http.body_timeout); "
                             "closing the connection", scope["method"], scope["path"], address,
