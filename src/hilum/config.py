@@ -151,6 +151,12 @@ class HttpSettings(BaseModel):
     max_upload_bytes: int = Field(default=8 * 1024**3, ge=1024)
     # Largest body of any other request (JSON for logins, jobs, users, annotations...): 413 above.
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024)
+    # Seconds a request body may go without any data arriving (between chunks); a stalled
+    # upload then gets 408, its connection is closed and its staging files are removed.
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # Requests with a body (STOW-RS uploads, JSON) in progress at once from one client address,
+    # per HTTP worker process; one more gets 429 with Retry-After. 0 = no limit.
+    max_uploads_per_client: int = Field(default=16, ge=0)
     # QIDO-RS: results per page when the client gives no limit, and the most it may ask for.
     qido_default_limit: int = Field(default=1000, ge=1)
     qido_max_limit: int = Field(default=10000, ge=1)

@@ -29,6 +29,7 @@ from hilum.audit.builders import Party, Patient
 from hilum.audit.messages import AuditMessage
 from hilum.audit.service import AuditService, Studies, exact_values
 from hilum.domain.attributes import Level
+from hilum.web.uploads import CLIENT_DISCONNECTED
 
 LOG = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -36,6 +37,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 _MAX_BODY = 64 * 1024  # request bodies read for the record (jobs, remote AEs): small JSON
+
+# Not a status any response carried: the client went away before its request was complete
+# (the number nginx logs for it). A minor failure, never a serious one.
+CLIENT_CLOSED = 499
+_ABANDONED = {
+    CLIENT_CLOSED: "client disconnected before its request was complete",
+    408: "request body not received in time (http.body_timeout)",
+    429: "too many uploads from one address at once (http.max_uploads_per_client)",
+}
 
 _UID = r"(?P<{}>[^/]+)"
 _LEVELS = {
@@ -148,6 +158,8 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive_tee if wants_body else receive, send_status)
         finally:
+            if scope["state"].get(CLIENT_DISCONNECTED):
+                status = CLIENT_CLOSED  # whatever the route made of it, nobody received it
             try:
                 await self._record(audit, scope, route, params, status, bytes(body), before)
             except Exception:  # auditing never breaks the response
@@ -174,7 +186,7 @@ class AuditMiddleware:
     ) -> None:
         who = requestor(scope)
         outcome = outcome_of(status)
-        detail = "" if outcome == codes.SUCCESS else f"HTTP {status}"
+        detail = "" if outcome == codes.SUCCESS else _ABANDONED.get(status, f"HTTP {status}")
         url = _base(scope) + scope["path"]
         node = audit.node(url)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -227,8 +239,17 @@ class AuditMiddleware:
         elif kind == "stow":
             # Stored and refused instances are reported by ingest (per study); here only
             # requests refused as a whole (bad media type, too large, malformed ...).
-            if status not in (200, 202, 409):
-                study = params.get("study", "")
+            study = params.get("study", "")
+            if status in _ABANDONED:
+                # Uploads abandoned, timed out or over the per-client limit come in floods:
+                # one minor-failure record per client and reason for a burst.
+                def make(studies: Studies, worst: int, text: str) -> AuditMessage:
+                    return builders.transferred(source=who, destination=node, requestor=who, studies=studies,
+                                                action="C", outcome=worst, detail=text)
+
+                audit.aggregate(("http-abandoned", who.user_id, who.address, status), make,
+                                study_uid=study, outcome=outcome, detail=detail)
+            elif status not in (200, 202, 409):
                 audit.record(builders.transferred(
                     source=who, destination=node, requestor=who, studies={study: {}} if study else {},
                     action="C", outcome=outcome, detail=detail,

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from hilum.dicom.pixels import NotTranscodable, decoded_frame
-from hilum.storage.base import Source
+from hilum.storage.base import Source, StorageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +87,20 @@ def render(
     ds = _header(path)
     if "Rows" not in ds:
         raise NotTranscodable("the instance has no image to render")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise NotTranscodable(f"Number of Frames {ds.get('NumberOfFrames')!r} is not a number") from None
     if not 0 <= frame < frames:
         raise IndexError(frame)
-    arr = decoded_frame(path, frame)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if samples == 1:
-        image = Image.fromarray(_grey8(arr, ds, window), mode="L")
-    else:
-        if arr.dtype != np.uint8:
-            arr = (arr.astype(np.float64) * (255.0 / max(float(arr.max()), 1.0))).astype(np.uint8)
-        image = Image.fromarray(arr[..., :3], mode="RGB")
+    try:
+        image = _image(decoded_frame(path, frame), ds, window)
+    except (StorageError, OSError, MemoryError):
+        raise  # the archive's problem (damaged storage, I/O), not the object's
+    except Exception as exc:  # Pixel Data missing, shorter than Rows x Columns, undecodable...
+        raise NotTranscodable(
+            f"its Pixel Data cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
     if viewport is not None:
         image = _apply_viewport(image, viewport)
     out = io.BytesIO()
@@ -108,6 +111,15 @@ def render(
     else:
         image.save(out, format="JPEG", quality=max(1, min(quality, 100)))
     return out.getvalue()
+
+
+def _image(arr: np.ndarray, ds: Dataset, window: Window | None) -> Image.Image:
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 1:
+        return Image.fromarray(_grey8(arr, ds, window), mode="L")
+    if arr.dtype != np.uint8:
+        arr = (arr.astype(np.float64) * (255.0 / max(float(arr.max()), 1.0))).astype(np.uint8)
+    return Image.fromarray(arr[..., :3], mode="RGB")
 
 
 def _grey8(arr: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:

@@ -51,6 +51,7 @@ from hilum.dicom.filemeta import file_meta_bytes
 from hilum.dimse.tuning import set_nodelay
 
 LOGGER = logging.getLogger("pynetdicom")
+LOG = logging.getLogger(__name__)
 IDLE_POLL = 0.05  # seconds: bounds timer/abort checks only, never message latency
 SPILL_BYTES = 16 * 1024 * 1024
 _U32 = struct.Struct(">I")
@@ -286,17 +287,49 @@ def encode_c_store_rsp(sop_class: str, message_id: int, status: int, sop_instanc
 
 
 class _SpillFile:
-    """What pynetdicom's chunked receive expects of ``_data_set_file``."""
+    """What pynetdicom's chunked receive expects of ``_data_set_file`` (``write``,
+    ``file.flush``, ``close``, ``name``).
 
-    def __init__(self, fd: int, name: str) -> None:
-        self.file = os.fdopen(fd, "wb")
-        self.name = name
+    Unbuffered writes to a staging file. A write that fails (disk full) must not abort
+    the association: the error is kept in :attr:`error`, the file removed, and the rest
+    of the data set is read and dropped; the C-STORE handler then answers the failure
+    (0xA700 Out of Resources when the disk is full, hilum.dimse.handlers).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.file = self  # pynetdicom calls ``_data_set_file.file.flush()``
+        self.fd = -1
+        self.error: OSError | None = None
+        try:
+            self.fd, self.name = tempfile.mkstemp(suffix=".part", dir=directory)
+        except OSError as exc:
+            self.name = str(directory / "unwritable.part")
+            self._failed(exc)
 
     def write(self, data: Any) -> int:
-        return self.file.write(data)
+        view = memoryview(data)
+        size = view.nbytes
+        if self.error is None:
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError as exc:
+                self._failed(exc)
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def _failed(self, exc: OSError) -> None:
+        LOG.warning("cannot write a received data set to %s: %s", self.name, exc)
+        self.error = exc
+        self.close()
+        Path(self.name).unlink(missing_ok=True)
 
     def close(self) -> None:
-        self.file.close()
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 class FastDIMSE(DIMSEServiceProvider):
@@ -338,8 +371,7 @@ class FastDIMSE(DIMSEServiceProvider):
         """Move a large data set in progress to a staging file; the rest streams there."""
         command = message.command_set
         context = self.assoc._accepted_cx[message.context_id]
-        fd, name = tempfile.mkstemp(suffix=".part", dir=_staging["dir"])
-        spill = _SpillFile(fd, name)
+        spill = _SpillFile(_staging["dir"])
         spill.write(
             file_meta_bytes(
                 str(command.AffectedSOPClassUID),
@@ -351,7 +383,7 @@ class FastDIMSE(DIMSEServiceProvider):
         spill.write(message.data_set.getbuffer())
         message.data_set = BytesIO()
         message._data_set_file = spill
-        message._data_set_path = Path(name)
+        message._data_set_path = Path(spill.name)
 
 
 def make_fast(assoc: Association) -> Association:

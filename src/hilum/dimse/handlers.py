@@ -37,7 +37,7 @@ from hilum.dimse.identifiers import (
 )
 from hilum.dimse.scu import Scu
 from hilum.dimse.stored_send import abort_broken_send, sendable
-from hilum.domain.errors import IngestFailure, InvalidQuery
+from hilum.domain.errors import IngestFailure, InvalidQuery, out_of_space
 from hilum.index.search import StoredInstance, matching_instances, search
 from hilum.storage.base import StorageError, StorageIntegrityError, readable
 
@@ -98,6 +98,9 @@ class DimseHandlers:
             LOG.info("C-STORE refused from %s: %s", _source(event), failure)
             return _status(failure.status.dimse_status, failure.message)
         except Exception as exc:
+            if out_of_space(exc):  # PS3.4 B.2.3: Refused: Out of Resources; the sender retries later
+                LOG.warning("C-STORE from %s refused: out of storage space: %s", _source(event), exc)
+                return _status(0xA700, f"out of resources: {exc}")
             LOG.exception("C-STORE failed")
             return _status(0x0110, f"processing failure: {exc}")
         if result.message:
@@ -112,6 +115,10 @@ class DimseHandlers:
         and get written with a hand-built file meta header.
         """
         request = event.request
+        spilled = getattr(request, "_dataset_file", None)
+        failed = getattr(spilled, "error", None)
+        if failed is not None:  # the fast path could not write the spill file (disk full...)
+            raise failed
         path = getattr(request, "_dataset_path", None)
         if path is not None:
             return Path(path)

@@ -6,6 +6,7 @@ same :class:`IngestStatus`; protocol adapters only translate it.
 
 from __future__ import annotations
 
+import errno
 from enum import Enum
 
 
@@ -65,3 +66,26 @@ class NotFound(HilumError):
 
 class InvalidQuery(HilumError):
     """A query identifier / parameter that cannot be matched as asked."""
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# SQLite result codes: SQLITE_FULL "database or disk is full", and SQLITE_IOERR_SHMSIZE, the
+# WAL index (-shm file) could not be enlarged, which SQLite documents as usually a full disk
+_SQLITE_FULL = frozenset({13, 4874})
+_PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is the disk or quota being full: the archive is
+    out of resources (DIMSE 0xA700, HTTP 507), not broken, and the sender may retry later."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if getattr(exc, "sqlite_errorcode", None) in _SQLITE_FULL or "database or disk is full" in str(exc):
+            return True
+        if getattr(exc, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False

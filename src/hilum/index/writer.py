@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from hilum.config import DuplicatePolicy
 from hilum.dicom.parsing import ParsedInstance
 from hilum.domain.attributes import Level, person_name_key
-from hilum.domain.errors import IngestFailure, IngestStatus
+from hilum.domain.errors import IngestFailure, IngestStatus, out_of_space
 from hilum.index.models import (
     changes_t,
     conflicts_t,
@@ -230,6 +230,11 @@ class IndexWriter:
                 except IngestFailure as failure:
                     self._fail(write, failure.status, failure.message)
                 except Exception as single_exc:
+                    if out_of_space(single_exc):  # the index's disk is full: 0xA700 / 507, retried later
+                        LOG.warning("index write refused for %s: out of space: %s",
+                                    write.parsed.sop_instance_uid, single_exc)
+                        self._fail(write, IngestStatus.OUT_OF_RESOURCES, f"index out of space: {single_exc}")
+                        continue
                     LOG.exception("index write failed for %s", write.parsed.sop_instance_uid)
                     self._fail(write, IngestStatus.PROCESSING_FAILURE, f"index error: {single_exc}")
         self.batches += 1

@@ -22,6 +22,7 @@ from hilum.web.dicomweb import qido, rendered, stow, wado, wado_uri
 from hilum.web.limits import RequestSizeLimit
 from hilum.web.security import guard
 from hilum.web.spa import SpaMiddleware
+from hilum.web.uploads import UploadGuard
 
 DICOMWEB_PREFIX = "/dicomweb"
 API_PREFIX = "/api/v1"
@@ -38,6 +39,12 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    # Stalled bodies time out, one address cannot hold every connection, disconnects are
+    # one log line (hilum.web.uploads); inside the audit middleware, which records refusals.
+    http = services.settings.http
+    app.add_middleware(
+        UploadGuard, body_timeout=http.body_timeout, max_per_client=http.max_uploads_per_client
+    )
     app.add_middleware(AuditMiddleware)  # audit records for DICOMweb and API requests (hilum.audit.http)
     origins = services.settings.http.cors_origins
     if origins:

@@ -16,6 +16,8 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -25,8 +27,13 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 _UPLOADS = re.compile(r"^/dicomweb/studies(/[^/]+)?/?$")
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` once a body passes the limit. An HTTPException, because
+    FastAPI turns any other exception met while reading a body into 400 "error parsing
+    the body"; this one its problem handler answers as 413 (hilum.web.problems)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail, headers={"Connection": "close"})
 
 
 class RequestSizeLimit:
@@ -60,7 +67,7 @@ class RequestSizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self._detail())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -71,7 +78,7 @@ class RequestSizeLimit:
 
         try:
             await self.app(scope, bounded_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLarge:  # read outside a route (a middleware): answered here
             if not started:
                 await _too_large(send, self._detail())
 

@@ -167,7 +167,7 @@ class MultipartReader:
     def feed(self, chunk: bytes) -> None:
         try:
             self._parser.write(chunk)
-        except Problem:
+        except (Problem, OSError):  # the sink's own answer, or its storage failing: not the body's fault
             raise
         except Exception as exc:  # python-multipart raises its own parse errors
             raise Problem(400, f"malformed multipart body: {exc}") from None
@@ -175,6 +175,8 @@ class MultipartReader:
     def finish(self) -> None:
         try:
             self._parser.finalize()
+        except (Problem, OSError):
+            raise
         except Exception as exc:
             raise Problem(400, f"malformed multipart body: {exc}") from None
         if not self.complete:

@@ -8,6 +8,7 @@ C-STORE), several at a time so they share group commits.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,19 +19,22 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from hilum.app import Services
-from hilum.domain.errors import IngestFailure, IngestStatus
+from hilum.domain.errors import IngestFailure, IngestStatus, out_of_space
 from hilum.ingest.service import IngestResult, IngestService
 from hilum.web.deps import dicomweb_base
 from hilum.web.dicomweb.json import DICOM_JSON, element
 from hilum.web.dicomweb.multipart import MultipartReader, PartWriter, boundary_of
 from hilum.web.problems import Problem
 
+LOG = logging.getLogger(__name__)
 router = APIRouter()
 
 _DICOM = "application/dicom"
 _INGEST_THREADS = 8
 # PS3.18 Table 10.5.3-3 / PS3.4 B.2.3 failure reasons for parts that are not instances.
 _REASON_NOT_DICOM = 0xC000
+# Retry-After (seconds) on answers that say the archive is out of storage space.
+RETRY_AFTER_SECONDS = 60
 
 
 class _StagedPart:
@@ -43,7 +47,10 @@ class _StagedPart:
         self.size = 0
         self._head: bytes | None = b""  # first bytes, until the preamble is checked
         if content_type in (_DICOM, ""):
-            self.fd, self.path = service.new_staging_file()
+            try:
+                self.fd, self.path = service.new_staging_file()
+            except OSError as exc:
+                raise staging_failed(exc) from exc
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -58,8 +65,11 @@ class _StagedPart:
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            raise staging_failed(exc) from exc
 
     @staticmethod
     def _with_preamble(head: bytes) -> bytes:
@@ -78,7 +88,10 @@ class _StagedPart:
             self.fd = -1
 
     def discard(self) -> None:
-        self.close()
+        self._head = None  # nothing more is written: the part is thrown away
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self.path is not None:
             self.path.unlink(missing_ok=True)
             self.path = None
@@ -100,6 +113,18 @@ class _Receiver:
     def discard(self) -> None:
         for part in self.parts:
             part.discard()
+
+
+def staging_failed(exc: OSError) -> Exception:
+    """A staging write failed: a full disk is 507 with Retry-After (the client may send the
+    same request again once space is freed), anything else stays a server error."""
+    if out_of_space(exc):
+        LOG.warning("STOW-RS upload refused: out of storage space: %s", exc)
+        return Problem(
+            507, f"the archive is out of storage space; nothing of this request was stored: {exc}",
+            "Insufficient Storage", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return exc
 
 
 def _executor(services: Services) -> ThreadPoolExecutor:
@@ -243,10 +268,19 @@ def _response(outcomes: list[IngestResult | IngestFailure], base: str, study_uid
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
+    full = [o for o in outcomes if isinstance(o, IngestFailure) and o.status is IngestStatus.OUT_OF_RESOURCES]
+    if full and len(full) == len(outcomes):
+        # Nothing stored only because the archive is full: not a conflict (409 tells the client
+        # not to send it again) but 507 with Retry-After; the same request succeeds later.
+        raise Problem(
+            507, f"the archive is out of storage space; none of the {len(outcomes)} instances was stored: "
+            f"{full[0].message}", "Insufficient Storage", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if not referenced:
         status = 409  # PS3.18 10.5.3.1: none stored
     elif failed or warnings:
         status = 202  # some stored, some failed or stored with warnings
     else:
         status = 200
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if full else None
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
