@@ -169,13 +169,15 @@ def _revoked_answers(site: Site) -> tuple[httpx.Response, httpx.Response]:
 
 
 def _assert_refused_like_revoked(site: Site, link: str, session: dict[str, str]) -> None:
+    """The session opened before the creator lost access ends, and the link no longer opens:
+    both answer exactly as for a revoked link."""
     revoked_open, revoked_session = _revoked_answers(site)
-    refused = _open(site, link)
-    assert (refused.status_code, refused.json()) == (410, revoked_open.json())
     metadata = f"{site.base}/dicomweb/studies/{SEEN.study_uid}/metadata"
     ended = httpx.get(metadata, headers=session)
     assert (ended.status_code, ended.json()) == (401, revoked_session.json())
     assert httpx.get(f"{site.base}/dicomweb/studies", headers=session).status_code == 401
+    refused = _open(site, link)
+    assert (refused.status_code, refused.json()) == (410, revoked_open.json())
 
 
 def _disable(site: Site, username: str, disabled: bool) -> None:
