@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -60,14 +61,23 @@ def _part10(meta_uids: tuple[str, str], transfer_syntax: str, data_set: bytes) -
     return out.getvalue() + data_set
 
 
-def deflated_instance(size: int = 1024) -> tuple[Dataset, bytes]:
-    """A CT image (``size``² 16-bit pixels: 2 MiB by default) as Deflated Explicit VR LE,
-    its deflate stream of odd length followed by the padding byte PS3.5 A.5 asks for."""
-    ds = ct_slice(StudySpec(patient_id="PAT-DEFLATE", size=size), generate_uid(), 1, 0)
+def deflated_instance() -> tuple[Dataset, bytes]:
+    """A CT image as Deflated Explicit VR LE: its data set exactly 2 MiB (Data Set Trailing
+    Padding fills it up), its deflate stream of odd length followed by the padding byte
+    PS3.5 A.5 asks for. (The receiver hung when the last inflate call filled its 1 MiB,
+    the stream read in one chunk.)"""
+    ds = ct_slice(StudySpec(patient_id="PAT-DEFLATE", size=1024), generate_uid(), 1, 0)
+    ds.Rows = 1000
+    ds.PixelData = np.repeat(np.arange(1000, dtype=np.int16), 1024).tobytes()  # a gradient
     for pad in range(64):
-        ds.ImageComments = "x" * pad
+        ds.ImageComments = "xx" * pad
+        if "DataSetTrailingPadding" in ds:
+            del ds.DataSetTrailingPadding
+        ds.DataSetTrailingPadding = bytes((2 << 20) - len(_encode(ds)) - 12)
+        encoded = _encode(ds)
+        assert len(encoded) == 2 << 20
         compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        stream = compressor.compress(_encode(ds)) + compressor.flush()
+        stream = compressor.compress(encoded) + compressor.flush()
         if len(stream) % 2:
             break
     assert len(stream) % 2, "no odd-length deflate stream"
