@@ -146,7 +146,7 @@ def test_deflate_bomb_and_runaway_parse_are_refused(
     assert "not parsed within" in refused.value.message
     monkeypatch.undo()
     # a cut stream is still refused
-    path.write_bytes(data[: len(data) - 5000])
+    path.write_bytes(data[: len(data) - 1000])
     with pytest.raises(IngestFailure) as refused:
         _read_within(path)
     assert "truncated" in refused.value.message
