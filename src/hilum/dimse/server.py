@@ -214,7 +214,11 @@ def run_worker(
     listening: socket.socket,
     tls_listening: socket.socket | None = None,
 ) -> None:
-    """Entry point of one receiving process (plain and, if configured, TLS listener)."""
+    """Entry point of one receiving process (plain and TLS listener, as configured).
+
+    With ``dicom.port = 0`` there is no plain listener: ``listening`` is then the
+    TLS socket too (see :meth:`DimseServer.start`) and only served with TLS.
+    """
     settings = Settings(**settings_data)
     _inherited["socket"] = listening
     from hilum.logging import configure_logging
@@ -232,9 +236,9 @@ def run_worker(
         services.nodes, accept_unknown_aes=settings.dicom.accept_unknown_aes, audit=services.audit
     )
     request_handler = _request_handler(settings.dicom.fast_path, access)
-    listeners: list[tuple[type[SharedSocketServer], int, ssl.SSLContext | None]] = [
-        (SharedSocketServer, settings.dicom.port, None)
-    ]
+    listeners: list[tuple[type[SharedSocketServer], int, ssl.SSLContext | None]] = []
+    if settings.dicom.port:
+        listeners.append((SharedSocketServer, settings.dicom.port, None))
     if tls_listening is not None:
         _inherited["tls"] = tls_listening
         listeners.append(
@@ -307,11 +311,14 @@ class DimseServer:
             tls.server_context(dicom)  # unusable certificate or key: fail here, not in each worker
             tls_sock = listen(dicom.host, dicom.tls_port, "DICOM TLS")
         try:
-            sock = listen(dicom.host, dicom.port, "DICOM")
+            # dicom.port = 0: TLS only. The pool still wants a socket: the TLS one, which
+            # run_worker then serves with TLS only.
+            sock = listen(dicom.host, dicom.port, "DICOM") if dicom.port else tls_sock
         except BaseException:
             if tls_sock is not None:
                 tls_sock.close()
             raise
+        assert sock is not None  # the settings refuse port = 0 without tls_port
         self._pool = _DimsePool(
             "dimse", run_worker, self.settings.dicom_workers(), self.settings.model_dump(mode="json"),
             sock, tls_socket=tls_sock,
