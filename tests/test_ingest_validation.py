@@ -258,3 +258,18 @@ def test_stow_refuses_data_set_without_sop_instance_uid(server: RunningServer) -
     assert failed["00081197"]["Value"] == [0xA900]
     assert "SOPInstanceUID" in failed["00204000"]["Value"][0]
     assert snapshot(server.settings) == before
+
+
+def test_deflate_bomb_over_c_store_gets_a_failure_status(server: RunningServer, tmp_path: Path) -> None:
+    """300 MiB of zeros in ~300 KB: refused at the inflate limit, the association answered."""
+    before = snapshot(server.settings)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zero = bytes(1 << 20)
+    stream = b"".join(compressor.compress(zero) for _ in range(300)) + compressor.flush()
+    assert parsing.inflated_limit(len(stream)) < 300 << 20
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(_part10((CTImageStorage, generate_uid()), DeflatedExplicitVRLittleEndian, stream))
+    status = _c_store(server, path, CTImageStorage, DeflatedExplicitVRLittleEndian)
+    assert status.Status == 0xC000, status
+    assert "inflates to more than" in status.ErrorComment
+    assert snapshot(server.settings) == before
