@@ -38,13 +38,13 @@ _STORED_TAGS = {
 }
 _DEFER = 2048  # bytes: larger values are skipped over, not read
 _HASH_CHUNK = 1 << 20
-# Deflated data sets (PS3.5 A.5): bounds on inflating one (see inflated_limit).
+# Deflated data sets (PS3.5 A.5): bounds on inflating one (see inflated_limit) ...
 MAX_INFLATED_BYTES = 4 << 30
 MIN_INFLATED_LIMIT = 256 << 20
 MAX_INFLATE_RATIO = 100
-_SPOOL_BYTES = 16 << 20  # an inflated data set beyond this goes to a temporary file
-# ... and on parsing its header: millions of tiny elements compress very well.
+# ... and on parsing the inflated header (millions of tiny elements deflate very well).
 PARSE_SECONDS = 20.0
+_SPOOL_BYTES = 4 << 20  # an inflated data set beyond this goes to a temporary file
 
 
 @dataclass(slots=True)
