@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -217,8 +218,49 @@ def _concrete(path: str, site: Site, own: bool) -> str:
     return concrete_path(path, site.own[0] if own else site.other[0])
 
 
+# UIDs nothing is stored under, shaped like the real ones: "does not exist".
+MISSING = SimpleNamespace(
+    StudyInstanceUID="1.2.826.0.1.3680043.8.498.1", SeriesInstanceUID="1.2.826.0.1.3680043.8.498.2",
+    SOPInstanceUID="1.2.826.0.1.3680043.8.498.3", PatientID="NOBODY",
+)
+
+
+def _hidden_variants(study: Any, hidden: Any) -> list[tuple[Any, Any]]:
+    """(exists but hidden, does not exist) pairs of UID sets: the whole hidden study, and a
+    visible study with the hidden study's series and instance in it."""
+    inside = SimpleNamespace(StudyInstanceUID=study.StudyInstanceUID, PatientID=study.PatientID)
+    return [
+        (hidden, MISSING),
+        (SimpleNamespace(**vars(inside), SeriesInstanceUID=hidden.SeriesInstanceUID,
+                         SOPInstanceUID=hidden.SOPInstanceUID),
+         SimpleNamespace(**vars(inside), SeriesInstanceUID=MISSING.SeriesInstanceUID,
+                         SOPInstanceUID=MISSING.SOPInstanceUID)),
+    ]
+
+
+def assert_hidden_answers_as_missing(
+    client: httpx.Client, method: str, path: str, seen: Any, hidden: Any, what: str
+) -> None:
+    """The existence oracle: a path naming what exists but is hidden from the caller answers
+    exactly (status and body) as one naming nothing stored: a 404 problem."""
+    names_study = "{study_uid}" in path or "{study_instance_uid}" in path
+    names_below = any(f"{{{p}}}" in path for p in ("series_uid", "series_instance_uid", "sop_uid",
+                                                   "sop_instance_uid"))
+    for exists, missing in _hidden_variants(seen, hidden):
+        if exists is not hidden and not (names_study and names_below):
+            continue  # a visible study with hidden things in it: paths that name both only
+        body: Any = {} if method in ("POST", "PUT") else None
+        replies = [client.request(method, concrete_path(path, uids), json=body) for uids in (exists, missing)]
+        assert replies[0].status_code == 404, f"{what}: {replies[0].status_code} {replies[0].text[:200]}"
+        assert replies[0].headers["content-type"].startswith("application/problem+json"), what
+        assert (replies[0].status_code, replies[0].json()) == (replies[1].status_code, replies[1].json()), (
+            f"{what}: {concrete_path(path, exists)} and {concrete_path(path, missing)} answer differently"
+        )
+
+
 # Calls that change or destroy things are made with arguments that cannot succeed (unknown
-# names, empty bodies), so the matrix only decides allowed (not 401/403) vs denied (403).
+# names, empty bodies), so the matrix only decides allowed (not 401/403) vs denied (403), and
+# for a study the caller may not see, 404 alike whether it exists or not.
 _SKIP = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/auth/login"), ("POST", "/api/v1/auth/token")}
 
 
@@ -237,7 +279,7 @@ def test_authorization_matrix(site: Site, role: str) -> None:
     headers = {"Authorization": f"Bearer {site.tokens[role]}"}
     permissions = ROLE_PERMISSIONS[Role(role)]
     sees_all = role in ("administrator", "radiologist", "technologist")
-    checked = 0
+    checked = hidden = 0
     with httpx.Client(base_url=site.base, headers=headers, timeout=60) as client:
         for method, path in _matrix_calls(site):
             needed = required_permission(method, path)
@@ -251,14 +293,17 @@ def test_authorization_matrix(site: Site, role: str) -> None:
                     if body is not None
                     else client.request(method, url)
                 )
-                names_study = any(f"{{{p}}}" in path for p in STUDY_PARAMS)
-                allowed = needed in permissions and (sees_all or own or not names_study)
-                if "{patient}" in path and not sees_all:
-                    allowed = False
+                names_study = any(f"{{{p}}}" in path for p in STUDY_PARAMS if p != "patient")
+                allowed = needed in permissions
+                if path.startswith("/api/v1/patients") and not sees_all:
+                    allowed = False  # patient records: roles that see every study only
                 if needed is Perm.PUBLIC:
                     allowed = True
                 what = f"{role} {method} {url} ({needed.value}, {'own' if own else 'other'} study)"
-                if allowed:
+                if allowed and names_study and not sees_all and not own:
+                    assert_hidden_answers_as_missing(client, method, path, site.own[0], site.other[0], what)
+                    hidden += 1
+                elif allowed:
                     assert reply.status_code not in (401, 403), (
                         f"{what}: {reply.status_code} {reply.text[:200]}"
                     )
@@ -266,6 +311,24 @@ def test_authorization_matrix(site: Site, role: str) -> None:
                     assert reply.status_code == 403, f"{what}: {reply.status_code} {reply.text[:200]}"
                 checked += 1
     assert checked > 60
+    assert hidden > 15 or sees_all or Perm.STUDY_READ not in permissions
+
+
+def test_wado_uri_answers_hidden_as_missing(site: Site) -> None:
+    """WADO-URI names its study, series and instance in the query: the same 404 for both."""
+    headers = {"Authorization": f"Bearer {site.tokens['referring']}"}
+    seen, other = site.own[0], site.other[0]
+
+    def wado(study: str, series: str, sop: str) -> httpx.Response:
+        params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop,
+                  "contentType": "application/dicom"}
+        return httpx.get(f"{site.base}/dicomweb/wado", params=params, headers=headers)
+
+    assert wado(seen.StudyInstanceUID, seen.SeriesInstanceUID, seen.SOPInstanceUID).status_code == 200
+    for exists, missing in _hidden_variants(seen, other):
+        answers = [wado(u.StudyInstanceUID, u.SeriesInstanceUID, u.SOPInstanceUID) for u in (exists, missing)]
+        assert answers[0].status_code == 404
+        assert answers[0].json() == answers[1].json()
 
 
 def test_referring_physician_searches_see_only_their_studies(site: Site) -> None:
@@ -278,7 +341,7 @@ def test_referring_physician_searches_see_only_their_studies(site: Site) -> None
     instances = httpx.get(f"{site.base}/dicomweb/instances", headers=headers).json()
     assert {i["0020000D"]["Value"][0] for i in instances} == {own}
     denied = httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers)
-    assert denied.status_code == 403 and "not allowed" in denied.json()["detail"]
+    assert denied.status_code == 404 and "not open to you" in denied.json()["detail"]
     # An explicit grant opens the other study to them.
     admin = {"Authorization": f"Bearer {site.tokens['administrator']}"}
     grant = httpx.post(
@@ -290,7 +353,7 @@ def test_referring_physician_searches_see_only_their_studies(site: Site) -> None
     assert httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers).status_code == 200
     closed = httpx.delete(f"{site.base}/api/v1/studies/{other}/grants/user/referring", headers=admin)
     assert closed.status_code == 204
-    assert httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers).status_code == 403
+    assert httpx.get(f"{site.base}/dicomweb/studies/{other}/metadata", headers=headers).status_code == 404
 
 
 def test_every_route_is_listed_in_the_policy(site: Site) -> None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom.sop_class import Verification
 
 from conftest import RunningServer, start_server, stop_server
-from dimse_util import dcmtk, scp_args, scu_ae, snapshot
+from dimse_util import dcmtk, scp_args, scu_ae, snapshot, wait_for
 from factory import StudySpec, write_study
+from hilum.audit import store
 from hilum.config import Settings
+from hilum.index.database import make_engine
 
 CALLING_AE_NOT_RECOGNIZED = 0x03
 CALLED_AE_NOT_RECOGNIZED = 0x07
@@ -95,3 +98,22 @@ def test_calling_ae_allow_list_and_called_ae_check(
     echo = server.hilum("echo", f"{server.ae_title}@127.0.0.1:{server.port}", check=False)
     assert echo.returncode == 1
     assert "rejected" in echo.stdout + echo.stderr
+
+    # -- every such rejection is in the audit trail: Security Alert, node authentication --------
+    def alerts() -> list[dict[str, Any]]:
+        engine = make_engine(server.settings.index_url, pool_size=1)
+        try:
+            return store.search(engine, store.AuditFilter(event="Security Alert"), limit=1000)
+        finally:
+            engine.dispose()
+
+    def found(calling: str, text: str) -> list[dict[str, Any]]:
+        return [r for r in alerts() if r["user_id"] == calling and text in r["xml"]]
+
+    # DCMTK and pynetdicom above: GOODSCU calling NOTHILUM twice, BADSCU three times
+    [wrong_called, *_] = wait_for(lambda: found("GOODSCU", "called AE title 'NOTHILUM' is not"),
+                                  20, "the wrong called AE title's audit record")
+    assert "110126" in wrong_called["xml"] and wrong_called["source_ip"] == "127.0.0.1"
+    wait_for(lambda: found("BADSCU", "not in dicom.allowed_calling_ae_titles"),
+             20, "the refused calling AE title's audit record")
+    assert "called AE title 'NOTHILUM' is not 'HILUM'" in server.log.read_text()

@@ -320,3 +320,45 @@ def test_storage_commitment_over_tls(tls_server: TlsServer, tmp_path: Path) -> N
     assert over_tls, "the report did not come over TLS"
     assert event_type == 1  # all committed
     assert {str(i.ReferencedSOPInstanceUID) for i in report.ReferencedSOPSequence} == {p.stem for p in files}
+
+
+def test_tls_only_without_the_plain_port(settings: Settings, tmp_path: Path, pki: Pki) -> None:
+    """dicom.port = 0 (`--dicom-port 0`): only the TLS port listens, so a required client
+    certificate cannot be bypassed by calling the same AE title on the plain port."""
+    old_port, tls_port = settings.dicom.port, free_port()
+    running = start_server(settings, tmp_path, "--dicom-port", "0",
+                           env=tls_env(pki, tls_port=tls_port))
+    try:
+        assert f"TLS on port {tls_port} only (no plain DICOM port)" in running.log.read_text()
+        # plain: nothing listens on the old port any more
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old_port), timeout=10).close()
+        ae = scu_ae("PYPLAIN")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", old_port, ae_title=running.ae_title)
+        assert not assoc.is_established
+        plain = dcmtk("echoscu", "-aec", running.ae_title, "127.0.0.1", str(old_port))
+        assert plain.returncode != 0 and "Association Request Failed" in plain.stdout + plain.stderr
+        # TLS with a client certificate: C-ECHO and C-STORE work
+        tls_args = ["-aec", running.ae_title, "127.0.0.1", str(tls_port)]
+        echo = dcmtk("echoscu", *dcmtk_tls(pki), *tls_args)
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        files = write_study(StudySpec(patient_id="PAT-TLSONLY", slices=1), tmp_path / "in")
+        stored = dcmtk("storescu", *dcmtk_tls(pki), *tls_args, *map(str, files))
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        assert dataset_bytes(stored_path(settings, files[0].stem)) == dataset_bytes(files[0])
+        # and TLS without one is still refused
+        anonymous = dcmtk("echoscu", "+tla", "+cf", str(pki.ca), *tls_args)
+        assert anonymous.returncode != 0
+    finally:
+        stop_server(running)
+    assert "Traceback" not in running.log.read_text(), running.log.read_text()
+
+    # neither port: a configuration error naming the keys, before anything starts
+    result = subprocess.run(
+        [sys.executable, "-m", "hilum.cli", "serve", "--data-dir", str(settings.data_dir),
+         "--dicom-port", "0", "--http-port", str(settings.http.port), "--host", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, env=hilum_env(settings),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "dicom" in result.stderr and "needs tls_port" in result.stderr, result.stderr

@@ -71,7 +71,7 @@ def test_group_rules_open_sets_of_studies(tmp_path: Path, database_url: str) -> 
             assert {s["StudyInstanceUID"] for s in listed["items"]} == studies, user
             for uid in (site_a, site_b, echo_2024, echo_2023):
                 reply = httpx.get(f"{base}/dicomweb/studies/{uid}/metadata", headers=headers)
-                assert reply.status_code == (200 if uid in studies else 403), (user, uid)
+                assert reply.status_code == (200 if uid in studies else 404), (user, uid)
     finally:
         stop_server(server)
 

@@ -313,7 +313,7 @@ def test_referring_physician_from_sso_sees_only_their_studies(site: Site) -> Non
         # Their own (ReferringPhysicianName = the person name claim) and their IdP group's.
         assert seen == {site.house_study, site.group_study}
         other = client.get(f"{site.base}/dicomweb/studies/{site.other_study}/metadata")
-        assert other.status_code == 403
+        assert other.status_code == 404
     users = httpx.get(f"{site.base}/api/v1/users", headers={"Authorization": f"Bearer {site.admin}"}).json()
     house = next(u for u in users if u["username"] == "house")
     assert house["person_name"] == "HOUSE^GREGORY"

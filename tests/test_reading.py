@@ -196,8 +196,8 @@ def test_who_may_change_the_status(site: Site) -> None:
     with site.client("house") as client:
         assert client.get(f"/studies/{site.own}/reading").status_code == 200
         denied = client.get(f"/studies/{site.other}/reading")
-        assert denied.status_code == 403 and "not allowed to see this study" in denied.json()["detail"]
-        assert client.get(f"/studies/{site.other}").status_code == 403
+        assert denied.status_code == 404 and "not open to you" in denied.json()["detail"]
+        assert client.get(f"/studies/{site.other}").status_code == 404
         listed = client.get("/studies", params={"reading_status": "unread,in_progress,read"}).json()
     assert {i["StudyInstanceUID"] for i in listed["items"]} == {site.own}
     assert "reading_status" in listed["items"][0]

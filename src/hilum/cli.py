@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the DICOM (and HTTP) server")
     _common(serve)
     serve.add_argument("--ae-title", help="this server's AE title")
-    serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    serve.add_argument(
+        "--dicom-port", type=int,
+        help="plain DICOM port (default 11112; 0 = none, TLS only: needs dicom.tls_port)",
+    )
     serve.add_argument("--http-port", type=int, help="HTTP port (default 8042)")
     serve.add_argument(
         "--host", help="address to listen on for DICOM (HTTP: the http.host setting)"
@@ -225,11 +228,17 @@ def _serve(args: argparse.Namespace) -> int:
         http.start(wait=False, stop=stop)  # both kinds of workers start at the same time
         dimse.start(stop=stop)
         http.wait_ready(stop=stop)
-        dicom_tls = f", TLS on port {settings.dicom.tls_port}" if settings.dicom.tls_port else ""
+        dicom = settings.dicom
+        if not dicom.port:
+            listening = f"{dicom.host}, TLS on port {dicom.tls_port} only (no plain DICOM port)"
+        else:
+            listening = f"{dicom.host}:{dicom.port}"
+            if dicom.tls_port:
+                listening += f", TLS on port {dicom.tls_port}"
         scheme = "https" if settings.http.tls_certificate else "http"
         console.print(
-            f"Hilum: DICOM {settings.dicom.ae_title} on {settings.dicom.host}:{settings.dicom.port}"
-            f"{dicom_tls} ({settings.dicom_workers()} receiving processes), HTTP on "
+            f"Hilum: DICOM {dicom.ae_title} on {listening}"
+            f" ({settings.dicom_workers()} receiving processes), HTTP on "
             f"{scheme}://{settings.http.host}:{settings.http.port} ({settings.http_workers()} "
             f"processes), data in {settings.data_dir.resolve()}"
         )

@@ -88,7 +88,9 @@ class DicomSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ae_title: str = "HILUM"
     host: str = "0.0.0.0"
-    port: int = Field(default=11112, ge=1, le=65535)
+    # Plain (non-TLS) DICOM port; 0 = none: only tls_port listens, so a required client
+    # certificate cannot be bypassed by calling the same AE title on the plain port.
+    port: int = Field(default=11112, ge=0, le=65535)
     # Receiving processes, all accepting on one listening socket; 0 means one
     # per CPU core.
     workers: int = Field(default=0, ge=0, le=64)
@@ -124,6 +126,8 @@ class DicomSettings(BaseModel):
     def _check_tls(self) -> DicomSettings:
         if bool(self.tls_certificate) != bool(self.tls_private_key):
             raise ValueError("tls_certificate and tls_private_key must be set together")
+        if not self.port and not self.tls_port:
+            raise ValueError("port = 0 (no plain DICOM port) needs tls_port: Hilum would not listen")
         if self.tls_port:
             if not self.tls_certificate:
                 raise ValueError("tls_port needs tls_certificate and tls_private_key")

@@ -76,7 +76,12 @@ export function describeError(error: unknown): string {
         ? 'You are not allowed to see this study.'
         : `Not allowed: ${error.detail}`;
     }
-    if (error.status === 404) return `Not found: ${error.detail}`;
+    if (error.status === 404) {
+      // What the caller may not see answers like what does not exist (docs/security.md).
+      return /not open to you/.test(error.detail)
+        ? 'This study does not exist, or you are not allowed to see it.'
+        : `Not found: ${error.detail}`;
+    }
     return error.detail || `The server answered ${error.status}`;
   }
   if (error instanceof Error) return error.message;

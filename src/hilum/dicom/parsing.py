@@ -8,15 +8,17 @@ sure every top-level element ends inside the file.
 from __future__ import annotations
 
 import struct
+import tempfile
+import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -36,6 +38,13 @@ _STORED_TAGS = {
 }
 _DEFER = 2048  # bytes: larger values are skipped over, not read
 _HASH_CHUNK = 1 << 20
+# Deflated data sets (PS3.5 A.5): bounds on inflating one (see inflated_limit) ...
+MAX_INFLATED_BYTES = 4 << 30
+MIN_INFLATED_LIMIT = 256 << 20
+MAX_INFLATE_RATIO = 100
+# ... and on parsing the inflated header (millions of tiny elements deflate very well).
+PARSE_SECONDS = 20.0
+_SPOOL_BYTES = 4 << 20  # an inflated data set beyond this goes to a temporary file
 
 
 @dataclass(slots=True)
@@ -70,10 +79,16 @@ def read_header(path: Source) -> Dataset:
     """Parse a Part 10 file's meta and dataset header; raise IngestFailure if it isn't one."""
     try:
         with path.open("rb") as handle:
-            ds = dcmread(handle, defer_size=_DEFER, force=False)
-            parsed_to = handle.tell()
-            size = handle.seek(0, 2)
-        deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+            preamble = read_preamble(handle, False)
+            file_meta = _read_file_meta_info(handle)
+            if file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+                # Value positions are offsets into the inflated data set, not the file.
+                ds, parsed_to, size = _read_deflated(handle, preamble, file_meta)
+            else:
+                handle.seek(0)
+                ds = dcmread(handle, defer_size=_DEFER, force=False)
+                parsed_to = handle.tell()
+                size = handle.seek(0, 2)
     except InvalidDicomError as exc:
         raise IngestFailure(IngestStatus.NOT_DICOM, f"not a DICOM file: {exc}") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError,
@@ -85,28 +100,103 @@ def read_header(path: Source) -> Dataset:
             IngestStatus.NOT_DICOM,
             f"file is truncated or malformed: parsing stopped at byte {parsed_to} of {size}",
         )
-    # Deflated: value positions are offsets into the inflated data set, not the file.
-    _check_complete(ds, _inflated_size(path) if deflated else size)
+    _check_complete(ds, size)
     return ds
 
 
-def _inflated_size(path: Source) -> int:
-    """The size of a deflated data set once inflated; IngestFailure if the stream is cut short."""
-    with path.open("rb") as handle:
-        read_preamble(handle, False)
-        _read_file_meta_info(handle)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        size = 0
-        try:
-            while chunk := handle.read(_HASH_CHUNK):
-                while chunk:
-                    size += len(inflater.decompress(chunk, _HASH_CHUNK))
-                    chunk = inflater.unconsumed_tail
-            size += len(inflater.flush())
-        except zlib.error as exc:
-            raise IngestFailure(IngestStatus.NOT_DICOM, f"bad deflated data set: {exc}") from None
-    if not inflater.eof:
-        raise IngestFailure(IngestStatus.NOT_DICOM, "deflated data set is truncated")
+def inflated_limit(deflated_size: int) -> int:
+    """The most bytes a deflated data set of ``deflated_size`` bytes may inflate to.
+
+    Deflate reaches about 1000:1 on runs of zeros, so a small upload could
+    otherwise make a receiver inflate gigabytes (a "deflate bomb"). Real data
+    sets inflate by far less than :data:`MAX_INFLATE_RATIO`; small ones (a
+    blank image) may go above it up to :data:`MIN_INFLATED_LIMIT`.
+    """
+    return min(MAX_INFLATED_BYTES, max(MIN_INFLATED_LIMIT, MAX_INFLATE_RATIO * deflated_size))
+
+
+def _read_deflated(
+    handle: BinaryIO, preamble: bytes | None, file_meta: FileMetaDataset
+) -> tuple[Dataset, int, int]:
+    """Inflate the data set after the file meta (bounded) and parse its header.
+
+    pydicom would inflate the whole data set into memory at once; here it is
+    inflated in chunks into a temporary file (memory up to :data:`_SPOOL_BYTES`),
+    which the returned data set keeps for its deferred values. Returns the data
+    set, where parsing stopped and the inflated size.
+    """
+    start = handle.tell()
+    limit = inflated_limit(handle.seek(0, 2) - start)
+    handle.seek(start)
+    inflated = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 (kept by ds)
+    try:
+        size = _inflate(handle, inflated, limit)
+        inflated.seek(0)
+        bounded = _Deadline(inflated, PARSE_SECONDS)
+        dataset = read_dataset(bounded, False, True, defer_size=_DEFER)  # type: ignore[arg-type]
+        parsed_to = inflated.tell()
+    except BaseException:
+        inflated.close()
+        raise
+    ds = FileDataset(inflated, dataset, preamble, file_meta, False, True)
+    ds.filename = None  # deferred values come from the inflated copy, never the deflated file
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds, parsed_to, size
+
+
+class _Deadline:
+    """A file object for pydicom to parse from that fails once ``seconds`` have passed."""
+
+    def __init__(self, raw: IO[bytes], seconds: float) -> None:
+        self._raw = raw
+        self._deadline = time.monotonic() + seconds
+        self._seconds = seconds
+        self.seek = raw.seek
+        self.tell = raw.tell
+
+    def read(self, size: int = -1) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise IngestFailure(
+                IngestStatus.NOT_DICOM,
+                f"deflated data set header not parsed within {self._seconds:g} s",
+            )
+        return self._raw.read(size)
+
+
+def _inflate(source: BinaryIO, sink: IO[bytes], limit: int) -> int:
+    """Inflate the raw deflate stream (PS3.5 A.5) from ``source`` into ``sink``; its size.
+
+    Every round either consumes input or produces output, and output stops at
+    ``limit`` bytes, so this ends on any input. Bytes after the end of the
+    stream are not read: the padding byte PS3.5 A.5 asks for, or a trailer
+    some writers leave (pydicom's image_dfl.dcm has a gzip one), as before.
+    CPython may report such bytes in ``unconsumed_tail`` as well as in
+    ``unused_data`` after the end: inflating them again never ended (the
+    old loop hung there), hence the loop ends at ``eof``.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    pending = b""
+    try:
+        while not inflater.eof:
+            if not pending:
+                pending = source.read(_HASH_CHUNK)
+                if not pending:
+                    raise IngestFailure(IngestStatus.NOT_DICOM, "deflated data set is truncated")
+            out = inflater.decompress(pending, _HASH_CHUNK)
+            if not out and not inflater.eof and len(inflater.unconsumed_tail) >= len(pending):
+                raise IngestFailure(IngestStatus.NOT_DICOM, "deflated data set: inflating makes no progress")
+            pending = inflater.unconsumed_tail
+            size += len(out)
+            if size > limit:
+                raise IngestFailure(
+                    IngestStatus.NOT_DICOM,
+                    f"deflated data set inflates to more than {limit} bytes (the limit for "
+                    "its compressed size)",
+                )
+            sink.write(out)
+    except zlib.error as exc:
+        raise IngestFailure(IngestStatus.NOT_DICOM, f"bad deflated data set: {exc}") from None
     return size
 
 
@@ -135,8 +225,10 @@ def parse_instance(ds: Dataset) -> ParsedInstance:
     """Extract and validate the index attributes of ``ds`` (a header from read_header)."""
     meta = getattr(ds, "file_meta", None)
     try:
-        sop_class = _uid(ds, "SOPClassUID") or _uid(meta, "MediaStorageSOPClassUID")
-        sop_instance = _uid(ds, "SOPInstanceUID") or _uid(meta, "MediaStorageSOPInstanceUID")
+        # From the data set only: the file meta (written from a C-STORE request, or
+        # by whoever made the file) does not make a data set without them valid.
+        sop_class = _uid(ds, "SOPClassUID")
+        sop_instance = _uid(ds, "SOPInstanceUID")
         study_uid = _uid(ds, "StudyInstanceUID")
         series_uid = _uid(ds, "SeriesInstanceUID")
         ts = _uid(meta, "TransferSyntaxUID")

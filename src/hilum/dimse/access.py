@@ -3,9 +3,13 @@
 The one place where Hilum decides this, for plain and TLS associations, with
 or without the fast path (``dicom.fast_path``):
 
-* **At association.** The Calling AE Title and the peer's IP address identify a
-  *known remote AE*: an entry of the remote AE table with that AE title whose
-  ``host`` resolves to the peer's address (or is ``"*"``). When
+* **At association.** First the AE titles: a Called AE Title other than
+  ``dicom.ae_title`` (when ``dicom.check_called_ae_title``) is rejected with
+  reason 7, called-AE-title-not-recognized, and a Calling AE Title outside a
+  non-empty ``dicom.allowed_calling_ae_titles`` with reason 3 (pynetdicom's
+  checks, made here so they are logged and audited). Then the Calling AE
+  Title and the peer's IP address identify a *known remote AE*: an entry of
+  the remote AE table with that AE title whose ``host`` resolves to the peer's address (or is ``"*"``). When
   ``dicom.accept_unknown_aes`` is false, any other peer is rejected with
   A-ASSOCIATE-RJ rejected-permanent / service-user / calling-AE-title-not-
   recognized (PS3.8 9.3.4, Table 9-21: result 1, source 1, reason 3).
@@ -56,6 +60,8 @@ NOT_AUTHORIZED = 0x0124  # PS3.7 Annex C: Refused: Not Authorized
 # A-ASSOCIATE-RJ (result, source, reason): rejected-permanent, DICOM UL
 # service-user, calling AE title not recognized (PS3.8 Table 9-21)
 REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
+# ... called AE title not recognized (dicom.check_called_ae_title)
+REJECT_UNKNOWN_CALLED_AE = (0x01, 0x01, 0x07)
 
 _REQUESTS: dict[type, Permission] = {
     C_STORE: "store",
@@ -215,6 +221,17 @@ class GuardedACSE(ACSE):
         calling = str(getattr(request, "calling_ae_title", "") or "").strip()
         address = str(self.assoc.requestor.address)
         access = self._hilum_access
+        refusal = self._ae_title_refusal(calling, str(getattr(request, "called_ae_title", "") or ""))
+        if refusal is not None:
+            rsd, why = refusal
+            LOG.warning("association from %s@%s rejected: %s", calling, address, why)
+            self.requestor.ae_title = calling
+            if access.audit is not None:
+                access.audit.node_authentication_failure(
+                    ae_title=calling, address=address, detail=f"association rejected: {why}"
+                )
+            self._reject(rsd)
+            return
         try:
             peer = access.identify(calling, address)
         except Exception:  # e.g. the index is unreachable: fail closed, transiently
@@ -236,6 +253,20 @@ class GuardedACSE(ACSE):
             self._reject(REJECT_UNKNOWN_CALLING_AE)
             return
         super()._negotiate_as_acceptor()
+
+    def _ae_title_refusal(self, calling: str, called: str) -> tuple[tuple[int, int, int], str] | None:
+        """pynetdicom's own AE title checks (dicom.check_called_ae_title, allowed_calling_ae_titles),
+        made here so that their rejections are logged and audited like the others."""
+        ae = self.assoc.ae
+        own = self.acceptor.ae_title.strip()
+        if ae.require_called_aet and called.strip() != own:
+            return REJECT_UNKNOWN_CALLED_AE, f"called AE title {called.strip()!r} is not {own!r}"
+        allowed = [title.strip() for title in ae.require_calling_aet]
+        if allowed and calling not in allowed:
+            return REJECT_UNKNOWN_CALLING_AE, (
+                f"calling AE title {calling!r} is not in dicom.allowed_calling_ae_titles"
+            )
+        return None
 
     def _reject(self, rsd: tuple[int, int, int]) -> None:
         # as pynetdicom's ACSE does for its own rejections

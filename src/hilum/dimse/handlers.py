@@ -93,6 +93,7 @@ class DimseHandlers:
                 staged,
                 source=_source(event),
                 affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
+                affected_sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
             )
         except IngestFailure as failure:
             LOG.info("C-STORE refused from %s: %s", _source(event), failure)

@@ -226,9 +226,9 @@ def run_worker(
         services.nodes, accept_unknown_aes=settings.dicom.accept_unknown_aes, audit=services.audit
     )
     request_handler = _request_handler(settings.dicom.fast_path, access)
-    listeners: list[tuple[type[SharedSocketServer], int, ssl.SSLContext | None]] = [
-        (SharedSocketServer, settings.dicom.port, None)
-    ]
+    listeners: list[tuple[type[SharedSocketServer], int, ssl.SSLContext | None]] = []
+    if settings.dicom.port:  # dicom.port = 0: TLS only, ``listening`` is the TLS socket too
+        listeners.append((SharedSocketServer, settings.dicom.port, None))
     if tls_listening is not None:
         _inherited["tls"] = tls_listening
         listeners.append(

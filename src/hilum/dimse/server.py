@@ -44,11 +44,14 @@ class DimseServer:
             tls.server_context(dicom)  # unusable certificate or key: fail here, not in each worker
             tls_sock = listen(dicom.host, dicom.tls_port, "DICOM TLS")
         try:
-            sock = listen(dicom.host, dicom.port, "DICOM")
+            # dicom.port = 0: TLS only. The pool still wants a socket: the TLS one, which
+            # the receiving processes then serve with TLS only.
+            sock = listen(dicom.host, dicom.port, "DICOM") if dicom.port else tls_sock
         except BaseException:
             if tls_sock is not None:
                 tls_sock.close()
             raise
+        assert sock is not None  # the settings refuse port = 0 without tls_port
         self._pool = WorkerPool(
             "dimse", "hilum.dimse.receiver:run_worker", self.settings.dicom_workers(),
             self.settings.model_dump(mode="json"), sock, tls_sock,

@@ -54,6 +54,10 @@ class Query:
     # Which studies the caller may see: an index-level condition on studies (set by the
     # web layer from the caller's rights; None = all). Opaque to the domain.
     restrict: object | None = None
+    # The caller sees only some studies: patient-level counts (NumberOfPatientRelated...)
+    # are answered and matched over the studies ``restrict`` lets through, not taken from
+    # the stored aggregates (which count every study, hidden ones included).
+    count_visible_only: bool = False
 
     def constrained(self) -> list[Constraint]:
         return [c for c in self.constraints if c.kind is not MatchKind.UNIVERSAL]

@@ -9,8 +9,10 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     Select,
     and_,
+    cast,
     exists,
     false,
     func,
@@ -63,11 +65,14 @@ def build_select(query: Query) -> Select[Any]:
     if level.depth >= Level.STUDY.depth:
         joined = joined.join(P, S.c.patient_pk == P.c.id)
 
+    counts = visible_patient_counts(query.restrict) if query.count_visible_only else {}
     for attr in BY_KEYWORD.values():
         if attr.level.depth <= level.depth:
-            columns.append(_column(attr).label(attr.keyword))
+            columns.append(counts.get(attr.keyword, _column(attr)).label(attr.keyword))
     stmt = select(*columns).select_from(joined)
-    conditions = [_condition(c, level, fuzzy=query.fuzzy_person_names) for c in query.constrained()]
+    conditions = [
+        _condition(c, level, fuzzy=query.fuzzy_person_names, counts=counts) for c in query.constrained()
+    ]
     if query.restrict is not None:
         conditions.append(_restriction(query.restrict, level))
     if conditions:
@@ -80,6 +85,26 @@ def build_select(query: Query) -> Select[Any]:
     return stmt
 
 
+def visible_patient_counts(restrict: Any) -> dict[str, Any]:
+    """NumberOfPatientRelatedStudies, -Series and -Instances over the studies ``restrict``
+    (a caller's study access, a condition on ``studies``) lets through: correlated
+    subqueries on ``patients`` that sum the stored study-level aggregates. For callers who
+    see only some studies; the others get the stored patient aggregates. The one place these
+    counts are restricted, for every list built here (QIDO-RS, the resource lists)."""
+    if restrict is None:
+        return {}
+
+    def over_visible(value: Any) -> Any:
+        visible = select(value).select_from(S).where(S.c.patient_pk == P.c.id, restrict)
+        return cast(visible.correlate(P).scalar_subquery(), Integer)
+
+    return {
+        "NumberOfPatientRelatedStudies": over_visible(func.count(S.c.id)),
+        "NumberOfPatientRelatedSeries": over_visible(func.coalesce(func.sum(S.c.num_series), 0)),
+        "NumberOfPatientRelatedInstances": over_visible(func.coalesce(func.sum(S.c.num_instances), 0)),
+    }
+
+
 def _restriction(condition: Any, level: Level) -> ColumnElement[bool]:
     """The caller's study access (a condition on studies) at any query level."""
     if level is Level.PATIENT:
@@ -87,7 +112,9 @@ def _restriction(condition: Any, level: Level) -> ColumnElement[bool]:
     return condition
 
 
-def _condition(constraint: Constraint, level: Level, *, fuzzy: bool = False) -> ColumnElement[bool]:
+def _condition(
+    constraint: Constraint, level: Level, *, fuzzy: bool = False, counts: dict[str, Any] | None = None
+) -> ColumnElement[bool]:
     attr = BY_KEYWORD.get(constraint.keyword)
     if attr is None:
         raise InvalidQuery(f"{constraint.keyword} is not a searchable attribute")
@@ -98,6 +125,8 @@ def _condition(constraint: Constraint, level: Level, *, fuzzy: bool = False) -> 
         return _in_study(SE.c.modality, constraint)
     if attr.keyword == "SOPClassesInStudy":
         return _in_study(I.c.sop_class_uid, constraint, via_instances=True)
+    if counts and attr.keyword in counts:
+        return _match(counts[attr.keyword], constraint)
     column: Any = PN_KEY_COLUMN.get(attr.keyword)
     if column is None:
         column = _column(attr)

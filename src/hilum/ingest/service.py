@@ -123,6 +123,7 @@ class IngestService:
         *,
         source: str,
         affected_sop_instance_uid: str | None = None,
+        affected_sop_class_uid: str | None = None,
         policy: DuplicatePolicy | None = None,
         expected_study_uid: str | None = None,
     ) -> IngestResult:
@@ -148,11 +149,18 @@ class IngestService:
                 ) from None
             del header
             warning = ""
+            # C-STORE: the stored file meta names the request's UIDs, so they must be the data set's.
             if affected_sop_instance_uid and affected_sop_instance_uid != parsed.sop_instance_uid:
                 raise IngestFailure(
                     IngestStatus.CANNOT_UNDERSTAND,
                     f"Affected SOP Instance UID {affected_sop_instance_uid} does not match "
                     f"the data set's SOP Instance UID {parsed.sop_instance_uid}",
+                )
+            if affected_sop_class_uid and affected_sop_class_uid != parsed.sop_class_uid:
+                raise IngestFailure(  # PS3.4 B.2.3: A900 Data Set does not match SOP Class
+                    IngestStatus.MISSING_ATTRIBUTE,
+                    f"Affected SOP Class UID {affected_sop_class_uid} does not match "
+                    f"the data set's SOP Class UID {parsed.sop_class_uid}",
                 )
             if expected_study_uid and expected_study_uid != parsed.study_instance_uid:
                 # PS3.18 10.5: STOW-RS to /studies/{study} stores only that study's instances.

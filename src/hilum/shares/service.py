@@ -8,8 +8,11 @@ switches: de-identified, and whether the zip download is allowed. Opening it
 (:meth:`ShareService.open`) creates a share session (a cookie plus CSRF
 token, or a bearer token) that expires with the link at the latest; every
 request made with it is resolved again (:meth:`ShareService.resolve`), so a
-revoked or expired link ends its sessions at once. What a share session may
-see is one SQL condition (:func:`hilum.auth.access.shared_studies`).
+revoked or expired link ends its sessions at once, and so does a link whose
+creator no longer sees its studies (grant withdrawn, account disabled or
+deleted: :meth:`ShareService._creator_still_sees`), answered like a revoked
+one. What a share session may see is one SQL condition
+(:func:`hilum.auth.access.shared_studies`).
 
 A de-identified link does not open the original studies: a job
 (:mod:`hilum.shares.copy`) stores a de-identified copy of each (PS3.15
@@ -31,6 +34,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, case, delete, func, insert, select, update
 
+from hilum.auth.access import creator_sees_link
 from hilum.auth.policy import SHARE_PERMISSIONS, Perm
 from hilum.auth.service import AuthError, Principal, token_digest
 from hilum.domain.clock import aware as _aware
@@ -51,6 +55,8 @@ _PIN = re.compile(r"[0-9]{4,12}")
 COPY_JOB = "share-copy"
 
 L, LS, SS = share_links_t, share_link_studies_t, share_sessions_t
+_LINK_REVOKED = "this share link was revoked"  # as _check_open says it
+_SESSION_ENDED = "invalid or ended share session"
 
 
 class ShareError(HilumError):
@@ -82,8 +88,9 @@ class Opened:
 
 class ShareService:
     def __init__(self, engine: Engine, storage: StorageArea, settings: ShareSettings,
-                 *, session_hours: float, token_hours: float) -> None:
+                 *, session_hours: float, token_hours: float, auth: Any = None) -> None:
         self.engine = engine
+        self.auth = auth  # the [auth] settings: group rules, to tell what a link's creator sees
         self.storage = storage
         self.settings = settings
         self.session_hours = session_hours
@@ -93,7 +100,7 @@ class ShareService:
     def build(cls, engine: Engine, storage: StorageArea, settings: Any) -> ShareService:
         """From the whole :class:`hilum.config.Settings` (its ``shares`` and ``auth`` sections)."""
         return cls(engine, storage, settings.shares, session_hours=settings.auth.session_hours,
-                   token_hours=settings.auth.token_hours)
+                   token_hours=settings.auth.token_hours, auth=settings.auth)
 
     # -- reading -------------------------------------------------------------------------
     def get(self, share_id: int) -> dict[str, Any]:
@@ -290,6 +297,7 @@ class ShareService:
             raise ShareError(404, "unknown share link", "unknown")
         share = dict(row)
         try:
+            self._creator_still_sees(share["id"], share["created_by"])
             self._check_open(share, pin)
             return self._open_session(share, kind, client_ip)
         except ShareError as exc:
@@ -384,7 +392,7 @@ class ShareService:
                 .where(SS.c.token_hash == token_digest(token))
             ).mappings().first()
         if row is None or row["revoked_at"] is not None:
-            raise AuthError("invalid or ended share session")
+            raise AuthError(_SESSION_ENDED)
         if row["share_revoked_at"] is not None:
             raise AuthError("the share link of this session was revoked")
         if row["share_locked_at"] is not None:  # wrong PINs locked it after this session opened
@@ -392,6 +400,10 @@ class ShareService:
         now = _now()
         if min(_aware(row["expires_at"]) or now, _aware(row["share_expires_at"]) or now) <= now:
             raise AuthError("the share link of this session has expired")
+        try:
+            self._creator_still_sees(int(row["share_id"]), row["created_by"])
+        except ShareError:
+            raise AuthError(_SESSION_ENDED) from None  # as the sessions of a revoked link
         permissions = SHARE_PERMISSIONS | ({Perm.STUDY_EXPORT} if row["allow_download"] else set())
         principal = Principal(
             user_id=-int(row["share_id"]),
@@ -403,6 +415,15 @@ class ShareService:
             share_id=int(row["share_id"]),
         )
         return principal, row["csrf_hash"]
+
+    def _creator_still_sees(self, share_id: int, created_by: str) -> None:
+        """Refuse a link, like a revoked one (nothing more is told), whose creator no longer
+        sees every study it shares: a link never opens more than its creator sees."""
+        with self.engine.connect() as conn:
+            if creator_sees_link(conn, share_id, created_by, self.auth):
+                return
+        LOG.info("share link %d refused: its creator %r no longer sees its studies", share_id, created_by)
+        raise ShareError(410, _LINK_REVOKED, "revoked")
 
     def end_session(self, session_id: int) -> None:
         with self.engine.begin() as conn:

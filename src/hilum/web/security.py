@@ -4,8 +4,11 @@ Each router is included with :func:`guard` (see web/app.py), so no route runs
 before this has decided: it finds the caller (session cookie + CSRF header,
 bearer token or API key, optionally HTTP Basic), looks up the permission the
 route needs in :mod:`hilum.auth.policy`, and checks study-level access for
-any study, series or instance the path (or a WADO-URI query) names. The
-caller is left in ``request.state.principal`` for routes that filter lists.
+any study, series or instance the path (or a WADO-URI query) names: to a
+caller who may not see it, it answers the same 404 problem as for a UID
+nothing is stored under, so existence is not disclosed. The caller is left in
+``request.state.principal`` for routes that filter lists
+(:func:`limit_to_caller`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from typing import Any
 from fastapi import Request
 
 from hilum.app import Services
-from hilum.auth.access import may_see, study_condition, study_of
+from hilum.auth.access import sees_named, sees_some_studies_only, study_condition
 from hilum.auth.policy import Perm, permissions_of, required_permission, share_route_allowed
 from hilum.auth.service import AuthError, AuthService, Principal, token_digest
+from hilum.domain.query import Query
 from hilum.shares.service import ShareService, is_share_credential
 from hilum.web.problems import Problem
 
@@ -37,6 +41,11 @@ OPEN = Principal(user_id=0, username="anonymous", role="administrator",
 _STUDY_PARAMS = ("study_uid", "study_instance_uid")
 _SERIES_PARAMS = ("series_uid", "series_instance_uid")
 _SOP_PARAMS = ("sop_uid", "sop_instance_uid")
+# Patient records (list, detail, deletion) are open only to roles that see every study.
+_PATIENT_ROUTES = "/api/v1/patients"
+# The one answer for a study, series or instance the caller may not see, or that does not
+# exist: the same status and body either way.
+NOT_VISIBLE = "no such study, series or instance, or it is not open to you"
 
 
 class AddressThrottle:
@@ -173,28 +182,26 @@ def guard(prefix: str) -> Callable[[Request], None]:
         if not principal.can(permission):
             raise Problem(403, f"your role ({principal.role}) does not allow this ({permission.value})")
         if not principal.all_studies:
-            _check_study_access(request, services, principal)
+            _check_study_access(request, services, principal, template)
 
     return authorize
 
 
-def _check_study_access(request: Request, services: Services, principal: Principal) -> None:
-    params: dict[str, Any] = dict(request.path_params)
-    if "patient" in params:
+def _check_study_access(request: Request, services: Services, principal: Principal, template: str) -> None:
+    if template == _PATIENT_ROUTES or template.startswith(_PATIENT_ROUTES + "/"):
         raise Problem(403, "patient records are open only to roles that see every study")
+    params: dict[str, Any] = dict(request.path_params)
     study = next((params[p] for p in _STUDY_PARAMS if p in params), None)
     series = next((params[p] for p in _SERIES_PARAMS if p in params), None)
     sop = next((params[p] for p in _SOP_PARAMS if p in params), None)
-    if study is None and series is None and sop is None and request.url.path.endswith("/wado"):
-        study = request.query_params.get("studyUID")
+    if study is None and series is None and sop is None and template == "/dicomweb/wado":
+        query = request.query_params
+        study, series, sop = query.get("studyUID"), query.get("seriesUID"), query.get("objectUID")
     if study is None and series is None and sop is None:
         return
     with services.engine.connect() as conn:
-        uid = study_of(conn, study=study, series=series, sop=sop)
-        if uid is None:
-            return  # nothing stored under that path: the route answers 404 itself
-        if not may_see(conn, principal, uid):
-            raise Problem(403, "you are not allowed to see this study")
+        if not sees_named(conn, principal, study=study, series=series, sop=sop):
+            raise Problem(404, NOT_VISIBLE)
 
 
 def principal_of(request: Request) -> Principal | None:
@@ -202,6 +209,12 @@ def principal_of(request: Request) -> Principal | None:
     return found
 
 
-def visible_studies(request: Request) -> object | None:
-    """The caller's study restriction for a Query (None = every study)."""
-    return study_condition(principal_of(request))
+def limit_to_caller(request: Request, query: Query) -> Query:
+    """``query`` limited to the studies the caller may see; for a caller who sees only some,
+    the patient-level counts it answers or matches are taken over those studies (not the
+    stored aggregates, which would reveal studies hidden from it). QIDO-RS and the resource
+    lists both use this."""
+    principal = principal_of(request)
+    query.restrict = study_condition(principal)
+    query.count_visible_only = sees_some_studies_only(principal)
+    return query

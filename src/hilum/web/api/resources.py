@@ -33,7 +33,7 @@ from hilum.index.reading import changed_after_read, parse_statuses, status_condi
 from hilum.index.search import TABLE, build_select, matching_instances
 from hilum.web.deps import EngineDep, ServicesDep, checked_uid
 from hilum.web.problems import Problem
-from hilum.web.security import visible_studies
+from hilum.web.security import limit_to_caller
 
 router = APIRouter()
 
@@ -259,12 +259,14 @@ def _fetch(
     sort: str | None = None,
     limit: int | None = None,
     offset: int = 0,
-    restrict: object | None = None,
+    caller: Request | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Matching rows of ``level`` as answer dicts, and the total when paged.
 
-    ``restrict``: the caller's study access (web.security.visible_studies)."""
-    matched = build_select(MatchQuery(level=level, constraints=constraints, restrict=restrict))
+    ``caller``: the request whose caller's study access limits the rows (lists); the
+    routes naming one resource were checked by the guard (web.security)."""
+    query = MatchQuery(level=level, constraints=constraints)
+    matched = build_select(limit_to_caller(caller, query) if caller is not None else query)
     if where is not None:
         matched = matched.where(where)
     total = None
@@ -297,8 +299,7 @@ def _page(
     where = _reading_filter(request, level)
     with engine.connect() as conn:
         items, total = _fetch(
-            conn, level, constraints, where=where, sort=sort, limit=limit, offset=offset,
-            restrict=visible_studies(request),
+            conn, level, constraints, where=where, sort=sort, limit=limit, offset=offset, caller=request,
         )
     assert total is not None
     return {

@@ -149,12 +149,11 @@ def create_share(request: Request, body: NewShare) -> ShareOut:
         raise _problem(exc) from None
     uids = list(dict.fromkeys(body.study_uids))
     with services.engine.connect() as conn:
-        missing = missing_studies(conn, uids)
-        if missing:
-            raise Problem(404, f"no stored study {missing[0]}")
+        missing = set(missing_studies(conn, uids))
         for uid in uids:
-            if not may_see(conn, principal, uid):
-                raise Problem(403, f"you are not allowed to see study {uid}, so you cannot share it")
+            # A study hidden from the caller answers as one not stored: existence is not disclosed.
+            if uid in missing or not may_see(conn, principal, uid):
+                raise Problem(404, f"no stored study {uid} that you may see")
     ip = client_address(request)
     try:
         row, token = shares.create(

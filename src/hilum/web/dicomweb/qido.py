@@ -26,7 +26,7 @@ from hilum.index.models import instances_t, series_t
 from hilum.index.search import Hit, search
 from hilum.web.deps import dicomweb_base
 from hilum.web.dicomweb.json import DICOM_JSON, element
-from hilum.web.security import visible_studies
+from hilum.web.security import limit_to_caller
 
 router = APIRouter()
 
@@ -131,7 +131,7 @@ def _int(value: str, name: str, low: int) -> int:
 
 def parse_request(request: Request, level: Level, fixed: dict[str, str], services: Services) -> QidoRequest:
     http = services.settings.http
-    query = Query(level=level, limit=http.qido_default_limit, restrict=visible_studies(request))
+    query = limit_to_caller(request, Query(level=level, limit=http.qido_default_limit))
     result = QidoRequest(query=query)
     given: dict[str, tuple[int, str, list[str]]] = {}
     for name, value in request.query_params.multi_items():
