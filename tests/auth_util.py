@@ -54,12 +54,20 @@ def hilum_cli(settings: Settings, *args: str, stdin: str | None = None) -> str:
 
 def add_user(settings: Settings, username: str, role: str, *, password: str = PASSWORD,
              person_name: str = "", groups: str = "") -> None:
-    args = ["user", "add", username, "--role", role, "--password-stdin"]
-    if person_name:
-        args += ["--person-name", person_name]
-    if groups:
-        args += ["--groups", groups]
-    hilum_cli(settings, *args, stdin=password + "\n")
+    """Create a user through the service `hilum user add` calls, in this process: a
+    command-line process per user cost seconds (the command itself is tested in
+    tests/test_auth.py::test_user_cli)."""
+    from hilum.auth.service import AuthService
+    from hilum.index.database import make_engine
+
+    engine = make_engine(settings.index_url, pool_size=1)
+    try:
+        AuthService(engine, settings.auth).add_user(
+            username, role, password, person_name=person_name,
+            groups=[g for g in groups.split(",") if g.strip()],
+        )
+    finally:
+        engine.dispose()
 
 
 def token(base: str, username: str, password: str = PASSWORD) -> str:

@@ -197,6 +197,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("database_url", _backend_params(metafunc), indirect=True)
 
 
+# The longest test files (measured; docs/development.md) start first: pytest-xdist hands
+# out whole files in collection order, and a long file started last keeps the other
+# processes idle at the end of the run.
+LONGEST_FIRST = (
+    "test_jobs.py", "test_api_resources.py", "test_audit.py", "test_lockout.py", "test_reading.py",
+    "test_encryption.py", "test_webapp.py", "test_api_changes.py", "test_dimse_store.py",
+    "test_dimse_permissions.py", "test_process_lifecycle.py", "test_dimse_retrieve.py",
+    "test_dimse_tls.py", "test_crash_consistency.py", "test_auth.py", "test_export_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     migrated = request.node.get_closest_marker("unmigrated") is None

@@ -47,9 +47,9 @@ def three_studies(server: RunningServer, tmp_path: Path) -> dict[str, StudySpec]
                              accession="A3", series=1, slices=4, sex="M"),
     }
     for name, spec in specs.items():
-        # One at a time: patient and study pks follow this order.
         write_study(spec, tmp_path / name)
-        server.hilum("import", str(tmp_path / name))
+    # One command (one process start), one file at a time: patient and study pks follow this order.
+    server.hilum("import", "--threads", "1", *(str(tmp_path / name) for name in specs))
     return specs
 
 
