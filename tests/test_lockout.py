@@ -22,7 +22,7 @@ from sqlalchemy import Engine, create_engine, select, update
 
 from auth_util import PASSWORD, hilum_cli, start_secure_server
 from auth_util import token as bearer_token
-from conftest import BACKENDS, RunningServer, backend_url, stop_server
+from conftest import BACKENDS, DEFAULT_BACKENDS, RunningServer, backend_url, stop_server
 from factory import StudySpec, stow_study
 from hilum.auth.models import login_attempts_t, users_t
 from hilum.domain.clock import utcnow
@@ -78,12 +78,17 @@ class Site:
                            json={"username": username, "role": role, "password": PASSWORD})
         assert reply.status_code == 201, reply.text
 
-    def sqlite_only(self) -> None:
-        if self.backend != "sqlite":
-            pytest.skip("no SQL concurrency in this test: SQLite is enough")
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One server per back-end for the module; PostgreSQL only for the tests marked
+    ``postgres`` (where parallel SQL is what they prove)."""
+    if "site" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("postgres") is not None
+        metafunc.parametrize("site", BACKENDS if both else DEFAULT_BACKENDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with backend_url(request.param) as url:
         tmp = tmp_path_factory.mktemp(f"lockout-{request.param}")
@@ -117,6 +122,7 @@ def _answer(reply: httpx.Response) -> dict[str, Any]:
 # -- passwords -------------------------------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_parallel_wrong_passwords_lock_the_address(site: Site) -> None:
     site.add_user("target", "radiologist")
     replies = _together(GUESSES, lambda i: site.login("target", f"wrong guess {i}"))
@@ -131,6 +137,7 @@ def test_parallel_wrong_passwords_lock_the_address(site: Site) -> None:
     assert site.attempts("target")["failures"] == GUESSES
 
 
+@pytest.mark.postgres
 def test_a_locked_address_leaves_other_addresses_signing_in(site: Site) -> None:
     site.add_user("victim", "radiologist")
     for i in range(ATTEMPTS):
@@ -152,7 +159,6 @@ def test_a_locked_address_leaves_other_addresses_signing_in(site: Site) -> None:
 
 
 def test_unknown_wrong_and_locked_answer_the_same(site: Site) -> None:
-    site.sqlite_only()
     site.add_user("known", "radiologist")
     site.add_user("lockme", "radiologist")
     for i in range(ATTEMPTS):
@@ -181,6 +187,7 @@ def test_unknown_wrong_and_locked_answer_the_same(site: Site) -> None:
     assert all(value > 0.25 * max(fastest.values()) for value in fastest.values()), fastest
 
 
+@pytest.mark.postgres
 def test_account_backoff_slows_guessers_spread_over_addresses(site: Site) -> None:
     site.add_user("spread", "radiologist")
     assert site.login("spread", PASSWORD, "127.0.0.20").status_code == 200  # the user's own address
@@ -196,6 +203,7 @@ def test_account_backoff_slows_guessers_spread_over_addresses(site: Site) -> Non
     assert site.user("spread")["failed_logins"] == 0
 
 
+@pytest.mark.postgres
 def test_account_backoff_admits_one_check_at_a_time(site: Site) -> None:
     site.add_user("slowed", "radiologist")
     for address in ("127.0.0.31", "127.0.0.32", "127.0.0.33"):
@@ -232,6 +240,7 @@ def _link(site: Site, share_id: int) -> Any:
         return conn.execute(select(share_links_t).where(share_links_t.c.id == share_id)).mappings().one()
 
 
+@pytest.mark.postgres
 def test_parallel_wrong_pins_lock_the_link(site: Site) -> None:
     created = _share(site, "2468")
     replies = _together(8, lambda i: _open(site, created["token"], f"{1000 + i}"))
@@ -242,6 +251,7 @@ def test_parallel_wrong_pins_lock_the_link(site: Site) -> None:
     assert refused.status_code == 403 and refused.json()["reason"] == "locked"
 
 
+@pytest.mark.postgres
 def test_session_on_a_link_locked_meanwhile_stops_working(site: Site) -> None:
     for _ in range(2):
         created = _share(site, "97531")
@@ -257,7 +267,6 @@ def test_session_on_a_link_locked_meanwhile_stops_working(site: Site) -> None:
 
 
 def test_session_ends_when_wrong_pins_lock_its_link(site: Site) -> None:
-    site.sqlite_only()
     created = _share(site, "8642")
     opened = _open(site, created["token"], "8642")
     assert opened.status_code == 200
@@ -284,7 +293,6 @@ def _works(site: Site, secret: str) -> bool:
 
 
 def test_minting_an_api_key_needs_the_current_password(site: Site) -> None:
-    site.sqlite_only()
     site.add_user("minter", "technologist")
     stolen = {"Authorization": f"Bearer {bearer_token(site.base, 'minter')}"}
     assert _mint(site, stolen, None).status_code == 403
@@ -296,7 +304,6 @@ def test_minting_an_api_key_needs_the_current_password(site: Site) -> None:
 
 
 def test_password_change_by_an_administrator_revokes_keys_and_tokens(site: Site) -> None:
-    site.sqlite_only()
     site.add_user("changed", "technologist")
     token = bearer_token(site.base, "changed")
     key = _mint(site, {"Authorization": f"Bearer {token}"}, PASSWORD).json()["key"]
@@ -314,7 +321,6 @@ def test_password_change_by_an_administrator_revokes_keys_and_tokens(site: Site)
 
 
 def test_disabled_account_keeps_no_key_when_enabled_again(site: Site) -> None:
-    site.sqlite_only()
     settings = site.server.settings
     site.add_user("leaver", "technologist")
     token = bearer_token(site.base, "leaver")

@@ -12,6 +12,7 @@ from hilum.auth.service import AuthError, Principal
 from hilum.web.problems import Problem
 from hilum.web.security import (
     SESSION_COOKIE,
+    AddressThrottle,
     auth_service,
     client_address,
     principal_of,
@@ -81,11 +82,17 @@ def _me(principal: Principal) -> Me:
     )
 
 
-def _login(request: Request, body: Credentials) -> Principal:
+def _unthrottled(request: Request) -> tuple[str, AddressThrottle]:
+    """The caller's address and the failed-login throttle; 429 while it holds the address."""
     address = client_address(request)
     limiter = throttle(request)
     if limiter.blocked(address):
         raise Problem(429, "too many failed logins from this address; try again later")
+    return address, limiter
+
+
+def _login(request: Request, body: Credentials) -> Principal:
+    address, limiter = _unthrottled(request)
     services: Services = request.app.state.services
     try:
         principal = auth_service(request).check_password(body.username, body.password, address)
@@ -183,10 +190,7 @@ def list_api_keys(request: Request) -> list[ApiKey]:
 @router.post("/auth/api-keys", status_code=201, summary="Create an API key (shown once)")
 def create_api_key(request: Request, body: NewApiKey) -> ApiKey:
     principal = _caller(request)
-    address = client_address(request)
-    limiter = throttle(request)
-    if limiter.blocked(address):
-        raise Problem(429, "too many failed logins from this address; try again later")
+    address, limiter = _unthrottled(request)
     services: Services = request.app.state.services
     try:
         auth_service(request).reauthenticate(principal, body.password, address)
